@@ -1,0 +1,64 @@
+"""Tiny backbones with random weights and the real T5 / GPT-2 vocabularies from ../shared/data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast, T5Config, T5ForConditionalGeneration, T5TokenizerFast
+
+from softprompt.model import PromptedModel
+
+DATA_DIR = Path(os.environ.get("SOFTPROMPT_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+KINDS = ("t5", "gpt2")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA_DIR / "glue").is_dir():
+        pytest.fail(f"test data not found at {DATA_DIR}; set SOFTPROMPT_DATA_DIR")
+    return DATA_DIR
+
+
+def tiny_backbone(kind: str, seed: int = 0):
+    """A 2-layer model of width 32 over the real vocabulary of its family."""
+    torch.manual_seed(seed)
+    if kind == "t5":
+        tokenizer = T5TokenizerFast.from_pretrained(DATA_DIR / "tokenizers" / "t5")
+        config = T5Config(
+            vocab_size=len(tokenizer), d_model=32, d_ff=64, d_kv=16, num_heads=2, num_layers=2,
+            num_decoder_layers=2, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+            decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, dropout_rate=0.0,
+        )
+        model = T5ForConditionalGeneration(config)
+    else:
+        tokenizer = GPT2TokenizerFast.from_pretrained(DATA_DIR / "tokenizers" / "gpt2")
+        config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=512,
+                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        model = GPT2LMHeadModel(config)
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    return model, tokenizer
+
+
+@pytest.fixture(params=KINDS)
+def kind(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def prompted(kind) -> PromptedModel:
+    model, tokenizer = tiny_backbone(kind)
+    return PromptedModel(model, tokenizer, name=f"tiny-{kind}")
+
+
+@pytest.fixture
+def saved_backbone(kind, tmp_path_factory) -> Path:
+    """The tiny backbone saved in Hugging Face format, for the command line."""
+    path = tmp_path_factory.mktemp(f"tiny-{kind}")
+    model, tokenizer = tiny_backbone(kind)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -25,7 +25,7 @@ from transformers import (
 
 from .errors import SoftpromptError
 from .prompt import SoftPrompt, most_common_token_ids
-from .prompt_io import embedding_fingerprint
+from .prompt_io import PromptMetadata, check_compatible, embedding_fingerprint, load_prompt
 
 DEFAULT_BACKBONE = Path(__file__).parent / "backbones" / "default"
 
@@ -72,6 +72,8 @@ class PromptedModel(nn.Module):
         self.tokenizer = tokenizer
         self.backbone_name = name or getattr(backbone.config, "_name_or_path", "")
         self.prompts = nn.ModuleDict()
+        self.prompt_metadata: dict[str, PromptMetadata] = {}
+        self._fingerprint: str | None = None
         backbone.requires_grad_(False)
         tokenizer.padding_side = "right" if self.is_encoder_decoder else "left"
 
@@ -93,7 +95,10 @@ class PromptedModel(nn.Module):
         return self.embeddings.device
 
     def fingerprint(self) -> str:
-        return embedding_fingerprint(self.embeddings)
+        """Identifies the (frozen) embedding table, so prompt files can refuse other backbones."""
+        if self._fingerprint is None:
+            self._fingerprint = embedding_fingerprint(self.embeddings)
+        return self._fingerprint
 
     def common_token_ids(self) -> list[int]:
         return most_common_token_ids(len(self.tokenizer), self.tokenizer.all_special_ids, len(self.tokenizer))
@@ -114,6 +119,18 @@ class PromptedModel(nn.Module):
             raise SoftpromptError(f"prompt {name!r} has width {prompt.width}, backbone needs {self.width}")
         self.prompts[name] = prompt.to(self.device)
         return self.prompt_names.index(name)
+
+    def load_prompt(self, directory: str | os.PathLike, name: str | None = None, allow_other_backbone: bool = False) -> str:
+        """Attach a saved prompt, named `name` or else after its task; returns the name used.
+
+        Raises SoftpromptError for a bad file or a prompt trained on another backbone.
+        """
+        weight, metadata = load_prompt(directory)
+        check_compatible(metadata, str(directory), self.width, self.fingerprint(), allow_other_backbone)
+        name = name or metadata.task or Path(directory).name
+        self.add_prompt(name, SoftPrompt(weight))
+        self.prompt_metadata[name] = metadata
+        return name
 
     def prompt_parameters(self) -> list[nn.Parameter]:
         return [p.weight for p in self.prompts.values()]

@@ -77,15 +77,15 @@ def multirc_f1a_em(predictions: Sequence[str], examples: Sequence[Example]) -> d
     return {"f1a": float(f1a), "em": float(em)}
 
 
+_PUNCTUATION = frozenset(string.punctuation)
+
+
 def normalize_answer(text: str) -> str:
     """The official SQuAD normalisation: lowercase, drop punctuation and articles, squeeze spaces."""
     text = text.lower()
     text = "".join(ch for ch in text if ch not in _PUNCTUATION)
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
-
-
-_PUNCTUATION = frozenset(string.punctuation)
 
 
 def token_f1(prediction: str, gold: str) -> float:

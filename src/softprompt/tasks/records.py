@@ -205,7 +205,8 @@ def _read_table(path: Path, delimiter: str, quoting: int, rename: Mapping[str, s
             if not row:
                 continue
             if len(row) != len(columns):
-                raise SoftpromptError(f"{where}: expected {len(columns)} fields ({', '.join(columns)}), found {len(row)}")
+                expected = f"{len(columns)} fields ({', '.join(columns)})"
+                raise SoftpromptError(f"{where}: expected {expected}, found {len(row)}")
             yield Record(dict(zip(columns, row)), where)
     except csv.Error as e:
         raise SoftpromptError(f"{path}, line {reader.line_num}: malformed row ({e})") from None

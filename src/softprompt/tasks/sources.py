@@ -72,7 +72,9 @@ def hub_records(source: HubSource, split: str) -> Iterator[Record]:
         yield Record(fields, f"hub {source.path}/{source.config} {split}, row {index}")
 
 
-def split_records(split: str, data_dir: str | os.PathLike | None, local: LocalReader, hub: HubSource | None) -> Iterable[Record]:
+def split_records(
+    split: str, data_dir: str | os.PathLike | None, local: LocalReader, hub: HubSource | None
+) -> Iterable[Record]:
     """One split's records, from the resolved data directory if there is one, else from the hub."""
     check_split(split)
     root = resolve_data_dir(data_dir)

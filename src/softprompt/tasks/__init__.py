@@ -1,0 +1,55 @@
+"""The registry of benchmark tasks, looked up by name, plus custom tasks from the user's files."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from softprompt.errors import SoftpromptError
+from softprompt.tasks.base import SPLITS, Example, Metric, Task
+from softprompt.tasks.custom import CustomTaskSpec, custom_task
+from softprompt.tasks.glue import GLUE_TASKS, PARAPHRASE_LABEL_MAP
+from softprompt.tasks.qa import QA_TASKS, load_mrqa, mrqa_task
+from softprompt.tasks.sources import DATA_DIR_ENV, resolve_data_dir
+from softprompt.tasks.superglue import SUPERGLUE_TASKS
+
+TASKS: dict[str, Task] = {task.name: task for task in (*GLUE_TASKS, *SUPERGLUE_TASKS, *QA_TASKS)}
+
+
+def _lookup_key(name: str) -> str:
+    """Case, hyphens, underscores and spaces do not matter: "SST-2" finds "sst2"."""
+    return re.sub(r"[-_\s]", "", name.lower())
+
+
+_BY_KEY = {_lookup_key(name): task for name, task in TASKS.items()}
+
+
+def get_task(name: str) -> Task:
+    """The registered task called `name`; raises SoftpromptError listing the known names."""
+    task = _BY_KEY.get(_lookup_key(name))
+    if task is None:
+        raise SoftpromptError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+    return task
+
+
+def load_examples(task: Task | str, split: str, data_dir: str | os.PathLike | None = None) -> list[Example]:
+    """A split's examples: from `data_dir`, else $SOFTPROMPT_DATA_DIR, else the Hugging Face hub."""
+    return (get_task(task) if isinstance(task, str) else task).load(split, data_dir)
+
+
+__all__ = [
+    "DATA_DIR_ENV",
+    "PARAPHRASE_LABEL_MAP",
+    "SPLITS",
+    "TASKS",
+    "CustomTaskSpec",
+    "Example",
+    "Metric",
+    "Task",
+    "custom_task",
+    "get_task",
+    "load_examples",
+    "load_mrqa",
+    "mrqa_task",
+    "resolve_data_dir",
+]

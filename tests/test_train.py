@@ -1,0 +1,93 @@
+"""The training loop on tiny backbones and real data: frozen backbone, learning, exact resume."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from softprompt.config import PromptConfig, TrainConfig
+from softprompt.data import Encoder, collate
+from softprompt.model import PromptedModel, load_backbone
+from softprompt.prompt import SoftPrompt
+from softprompt.prompt_io import load_prompt
+from softprompt.tasks import get_task
+from softprompt.train import train
+
+
+def tiny_config(model: Path, output: Path, **overrides) -> TrainConfig:
+    values = dict(task="cb", model=str(model), output=str(output), prompt=PromptConfig(length=4), max_steps=6,
+                  batch_size=4, eval_every=3, eval_examples=8, checkpoint_every=1, log_every=1, seed=3)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_backbone_bit_identical_after_training(saved_backbone, tmp_path, data_dir):
+    before, _ = load_backbone(str(saved_backbone))
+    result = train(tiny_config(saved_backbone, tmp_path / "run", data_dir=str(data_dir)), progress=False)
+    after, _ = load_backbone(str(saved_backbone))
+    for (name, a), (_, b) in zip(before.state_dict().items(), after.state_dict().items()):
+        assert torch.equal(a, b), name
+    weight, metadata = load_prompt(result.output)
+    assert weight.shape == (4, 32) and metadata.task == "cb" and metadata.labels == ["entailment", "contradiction", "neutral"]
+
+
+def mean_dev_nll(model: PromptedModel, encoder: Encoder, examples) -> float:
+    feats = encoder.encode_all(examples, "dev")
+    nll, count = model(**collate(feats, model.tokenizer.pad_token_id, model.is_encoder_decoder))
+    return float(nll.sum() / count.sum())
+
+
+def test_trained_prompt_beats_its_initialisation(saved_backbone, tmp_path, data_dir):
+    config = tiny_config(saved_backbone, tmp_path / "run", task="sst2", data_dir=str(data_dir), max_steps=60,
+                         batch_size=16, eval_every=1000, checkpoint_every=1000, prompt=PromptConfig(length=5, init="sampled-vocab"))
+    result = train(config, progress=False)
+    backbone, tokenizer = load_backbone(str(saved_backbone))
+    model = PromptedModel(backbone, tokenizer).eval()
+    encoder = Encoder(tokenizer, model.is_encoder_decoder)
+    dev = get_task("sst2").load("validation", data_dir)[:64]
+    model.load_prompt(result.output, "trained")
+    trained = mean_dev_nll(model, encoder, dev)
+    torch.manual_seed(0)
+    initial = load_file(str(Path(result.output) / "prompt.safetensors"))  # same shape; re-create the init
+    from softprompt.train import build_model
+    fresh, _ = build_model(config, get_task("sst2"))
+    fresh.eval()
+    untrained = mean_dev_nll(fresh, encoder, dev)
+    assert trained < untrained - 0.5, (trained, untrained)
+    assert initial["prompt"].shape == (5, 32)
+
+
+def run_cli(args, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "softprompt.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+
+def test_resume_after_kill_equals_uninterrupted_run(saved_backbone, tmp_path, data_dir):
+    common = ["train", "--model", str(saved_backbone), "--task", "cb", "--data-dir", str(data_dir), "--prompt-length", "4",
+              "--max-steps", "40", "--batch-size", "4", "--eval-every", "10", "--eval-examples", "8",
+              "--checkpoint-every", "1", "--seed", "5", "--quiet"]
+    straight = run_cli([*common, "--output", str(tmp_path / "a")])
+    assert straight.wait(timeout=300) == 0, straight.stderr.read().decode()
+
+    interrupted = run_cli([*common, "--output", str(tmp_path / "b")])
+    log = tmp_path / "b" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (log.is_file() and log.read_text().count('"loss"') >= 17):
+        time.sleep(0.05)
+    interrupted.send_signal(signal.SIGKILL)
+    interrupted.wait()
+    assert not (tmp_path / "b" / "result.json").exists(), "the run finished before it could be killed"
+    resumed = run_cli([*common, "--output", str(tmp_path / "b"), "--resume"])
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
+
+    for name in ("prompt.safetensors", "checkpoint.pt"):
+        a_file, b_file = tmp_path / "a" / name, tmp_path / "b" / name
+        if name.endswith(".safetensors"):
+            assert torch.equal(load_file(str(a_file))["prompt"], load_file(str(b_file))["prompt"])
+        else:
+            a, b = torch.load(a_file, weights_only=False), torch.load(b_file, weights_only=False)
+            assert torch.equal(a["prompt"], b["prompt"]) and a["step"] == b["step"] == 40

@@ -36,7 +36,7 @@ def tiny_backbone(kind: str, seed: int = 0):
     else:
         tokenizer = GPT2TokenizerFast.from_pretrained(DATA_DIR / "tokenizers" / "gpt2")
         config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=512,
-                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=0.3)
         model = GPT2LMHeadModel(config)
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()

@@ -113,7 +113,8 @@ def prompt_metadata(model: PromptedModel, config: TrainConfig, task: Task, extra
     return PromptMetadata(
         length=weight.shape[0], width=weight.shape[1], init=config.prompt.init, task=task.name,
         labels=list(task.labels) if task.labels else None, backbone=model.backbone_name,
-        backbone_fingerprint=model.fingerprint(), target_format=config.target_format, extra=extra,
+        backbone_fingerprint=model.fingerprint(), target_format=config.target_format,
+        extra={"is_encoder_decoder": model.is_encoder_decoder, **extra},
     )
 
 

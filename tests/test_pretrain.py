@@ -1,0 +1,284 @@
+"""Backbone pretraining: tokenizer layout, objectives, corpus cache, loop (checkpoint, resume), errors.
+
+Everything runs on CPU on a tokenizer trained from a few hundred WikiText-2 lines and a 2-layer model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer, T5ForConditionalGeneration
+
+from softprompt.errors import SoftpromptError
+from softprompt.pretrain import (
+    CorpusConfig,
+    PretrainConfig,
+    TokenizerConfig,
+    build_corpus_cache,
+    load_cache,
+    parameter_count,
+    pretrain,
+    train_tokenizer,
+)
+from softprompt.pretrain import presets
+from softprompt.pretrain.objectives import PrefixLM, SpanCorruption, compute_input_and_target_lengths, random_spans_noise_mask
+from softprompt.pretrain.tokenizer import sentinel_id
+
+DATA_DIR = Path(os.environ.get("SOFTPROMPT_DATA_DIR", "/work/shared/data"))
+WIKITEXT = DATA_DIR / "corpus" / "wikitext-2" / "wiki.valid.tokens"
+VOCAB = 600  # 3 specials + ~497 pieces + 100 sentinels
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and do not stall when other processes load the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory) -> Path:
+    if not WIKITEXT.is_file():
+        pytest.fail(f"test data not found at {WIKITEXT}; set SOFTPROMPT_DATA_DIR")
+    lines = [line.strip() for line in WIKITEXT.read_text(encoding="utf-8").splitlines() if len(line.strip()) >= 40]
+    path = tmp_path_factory.mktemp("corpus") / "wiki.txt"
+    path.write_text("\n".join(lines[:400]) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(corpus_file, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tok") / "tokenizer"
+    train_tokenizer([corpus_file], folder, TokenizerConfig(vocab_size=VOCAB))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cache_dir(corpus_file, tokenizer_dir, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("cache") / "cache"
+    build_corpus_cache([corpus_file], tokenizer_dir, folder, CorpusConfig(val_fraction=0.05))
+    return folder
+
+
+def tiny_config(**changes) -> PretrainConfig:
+    settings = dict(model="tiny", steps=30, batch_size=8, inputs_length=64, targets_length=64, lr=3e-3,
+                    warmup_steps=3, log_every=5, eval_every=1000, eval_batches=2, checkpoint_every=1000,
+                    device="cpu", progress=False, prefetch=2)
+    return PretrainConfig(**{**settings, **changes})
+
+
+@pytest.fixture(scope="module")
+def span_run(cache_dir, tokenizer_dir, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("runs") / "span"
+    return out, pretrain(tiny_config(), cache_dir, out, tokenizer_dir=tokenizer_dir, command="pytest")
+
+
+# --- tokenizer -------------------------------------------------------------------------------------
+
+
+def test_tokenizer_has_t5_special_ids_and_sentinels(tokenizer_dir):
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2)
+    assert tok.convert_ids_to_tokens([0, 1, 2]) == ["<pad>", "</s>", "<unk>"]
+    n = len(tok)
+    assert [tok.convert_tokens_to_ids(f"<extra_id_{k}>") for k in (0, 1, 99)] == [n - 1, n - 2, n - 100]
+    assert sentinel_id(tok, 0) == n - 1
+
+
+def test_tokenizer_round_trip_through_auto_tokenizer(tokenizer_dir):
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    ids = tok("hello").input_ids
+    assert ids[-1] == tok.eos_token_id and len(ids) >= 2 and tok.unk_token_id not in ids
+    assert tok.decode(ids, skip_special_tokens=True) == "hello"
+    text = "The song was released in 2010 ."
+    assert tok.decode(tok(text).input_ids, skip_special_tokens=True) == text
+    assert tok("a  b\n c").input_ids == tok("a b c").input_ids  # whitespace collapsed as SentencePiece does
+
+
+def test_vocabulary_is_ordered_most_frequent_first(tokenizer_dir, corpus_file):
+    model = json.loads((tokenizer_dir / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+    scores = [score for _, score in model["vocab"][3:]]
+    assert scores == sorted(scores, reverse=True)
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    counts = Counter()
+    for line in corpus_file.read_text(encoding="utf-8").splitlines():
+        counts.update(tok(line, add_special_tokens=False).input_ids)
+    pieces = len(model["vocab"]) - 3
+    frequent = [i for i, _ in counts.most_common(50)]
+    assert np.median(frequent) < 3 + 0.25 * pieces  # the common tokens sit at the low ids
+
+
+# --- objectives ------------------------------------------------------------------------------------
+
+
+def test_lengths_match_t5():
+    assert compute_input_and_target_lengths(512, 0.15, 3.0) == (568, 114)  # T5's 512-token inputs
+
+
+def test_noise_mask_density_and_spans():
+    rng = np.random.default_rng(0)
+    mask = random_spans_noise_mask(64, 284, 0.15, 3.0, rng)
+    assert mask.shape == (64, 284)
+    assert abs(mask.mean() - 0.15) < 0.01
+    assert len(set(mask.sum(1))) == 1  # same noise count in every row
+    assert not mask[:, 0].any() and mask[:, -1].all()  # T5: non-noise first, noise last
+    starts = mask & ~np.pad(mask, ((0, 0), (1, 0)))[:, :-1]
+    assert abs(mask.sum(1)[0] / starts.sum(1)[0] - 3.0) < 0.5  # mean span length
+
+
+def _reconstruct(inputs: list[int], targets: list[int], first_sentinel: int) -> list[int]:
+    """Put each target span back at its sentinel in the input."""
+    spans, current = {}, None
+    for t in targets[:-1]:
+        if t > first_sentinel - 100:
+            current = t
+            spans[current] = []
+        else:
+            spans[current].append(t)
+    out = []
+    for t in inputs[:-1]:
+        out.extend(spans[t] if t in spans else [t])
+    return out
+
+
+def test_span_corruption_shapes_sentinels_and_reconstruction():
+    top = 999
+    objective = SpanCorruption(inputs_length=128, first_sentinel=top, eos_id=1)
+    rng = np.random.default_rng(1)
+    windows = rng.integers(3, 800, size=(16, objective.window_length))
+    batch = objective(windows, np.random.default_rng(2))
+    assert batch["input_ids"].shape == (16, 128) and batch["labels"].shape == (16, objective.targets_length)
+    assert batch["attention_mask"].all() and (batch["labels"] != -100).all()  # fixed shape, no padding
+    for row in range(16):
+        inputs, targets = batch["input_ids"][row].tolist(), batch["labels"][row].tolist()
+        assert inputs[-1] == 1 and targets[-1] == 1
+        sentinels = [t for t in inputs if t > top - 100]
+        assert sentinels == list(range(top, top - len(sentinels), -1))  # <extra_id_0>, <extra_id_1>, ...
+        assert [t for t in targets if t > top - 100] == sentinels and targets[0] == top
+        assert _reconstruct(inputs, targets, top) == windows[row].tolist()
+
+
+def test_prefix_lm_split_reconstructs_the_window():
+    objective = PrefixLM(inputs_length=32, targets_length=32, eos_id=1)
+    windows = np.random.default_rng(3).integers(3, 500, size=(64, objective.window_length))
+    batch = objective(windows, np.random.default_rng(4))
+    assert batch["input_ids"].shape == (64, 32) and batch["labels"].shape == (64, 32)
+    splits = set()
+    for row in range(64):
+        n_in = int(batch["attention_mask"][row].sum())
+        inputs = batch["input_ids"][row, :n_in].tolist()
+        labels = [t for t in batch["labels"][row].tolist() if t != -100]
+        assert inputs[-1] == 1 and labels[-1] == 1
+        assert (batch["input_ids"][row, n_in:] == 0).all()
+        assert inputs[:-1] + labels[:-1] == windows[row].tolist()
+        splits.add(n_in)
+    assert len(splits) > 10  # the split point is random
+
+
+# --- corpus cache ----------------------------------------------------------------------------------
+
+
+def test_wikiextractor_cache_strips_doc_lines(tokenizer_dir, tmp_path):
+    body = "The river flows through three counties before it reaches the sea near the old harbour."
+    wiki = tmp_path / "wiki_00"
+    wiki.write_text(
+        '<doc id="1" url="?curid=1" title="A Long Title Of A Stub Article With Many Words In It">\n'
+        "A Long Title Of A Stub Article With Many Words In It\n\n</doc>\n"
+        '<doc id="2" url="?curid=2" title="River">\nRiver\n\n' + body + "\nGeography.\n" + body + "\n</doc>\n",
+        encoding="utf-8",
+    )
+    meta = build_corpus_cache([wiki], tokenizer_dir, tmp_path / "cache", CorpusConfig(val_fraction=0.0))
+    assert meta["documents"] == {"train": 1, "val": 0} and meta["sources"][0]["format"] == "wikiextractor"
+    cache = load_cache(tmp_path / "cache", AutoTokenizer.from_pretrained(tokenizer_dir))
+    text = AutoTokenizer.from_pretrained(tokenizer_dir).decode(cache.train.tolist())
+    assert text == body + " " + body + "</s>"
+    assert cache.train.dtype == np.uint16 and meta["tokens"]["train"] == cache.train.size
+
+
+# --- the loop --------------------------------------------------------------------------------------
+
+
+def test_presets_grow_about_3x(capsys):
+    counts = {name: parameter_count(name, 8192) for name in ("nano", "micro", "mini")}
+    with capsys.disabled():
+        print("\nparameters at 8,192 ids: " + ", ".join(f"{k} {v / 1e6:.1f}M" for k, v in counts.items()))
+    assert 4e6 <= counts["nano"] <= 6e6 and 12e6 <= counts["micro"] <= 18e6 and 40e6 <= counts["mini"] <= 50e6
+    assert 2.5 < counts["micro"] / counts["nano"] < 3.5 and 2.5 < counts["mini"] / counts["micro"] < 3.5
+
+
+def test_initial_logits_are_order_one():
+    model = presets.build_model("nano", 8192)
+    with torch.no_grad():
+        ids = torch.randint(3, 8000, (2, 16))
+        logits = model(input_ids=ids, decoder_input_ids=ids).logits
+    assert 0.3 < logits.std().item() < 3.0  # an std-1.0 head unscaled would give ~sqrt(d_model) = 14
+
+
+def test_pretrain_writes_a_loadable_checkpoint_and_loss_falls(span_run, tokenizer_dir):
+    out, summary = span_run
+    assert summary["complete"] and summary["steps"] == 30
+    model = T5ForConditionalGeneration.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert model.config.vocab_size == len(tok) == len(AutoTokenizer.from_pretrained(tokenizer_dir))
+    losses = [r["loss"] for r in map(json.loads, (out / "train_log.jsonl").read_text().splitlines()) if "loss" in r]
+    assert len(losses) == 6 and losses[-1] < losses[0] - 0.5
+    saved = json.loads((out / "pretrain_summary.json").read_text())
+    for key in ("val_loss", "val_ppl", "encoder_gap", "tokens_seen", "wall_time_s", "device", "config"):
+        assert key in saved
+    assert saved["tokens_seen"]["inputs"] == 30 * 8 * 64 and saved["command"] == "pytest"
+
+
+def test_resume_after_stop_equals_uninterrupted_run(cache_dir, tokenizer_dir, tmp_path):
+    config = tiny_config(steps=6, log_every=2)
+    straight = pretrain(config, cache_dir, tmp_path / "a", tokenizer_dir=tokenizer_dir)
+    stopped = pretrain(config, cache_dir, tmp_path / "b", tokenizer_dir=tokenizer_dir, stop_at=3)
+    assert not stopped["complete"] and stopped["steps"] == 3
+    resumed = pretrain(config, cache_dir, tmp_path / "b", tokenizer_dir=tokenizer_dir)
+    assert resumed["complete"] and resumed["steps"] == 6
+    a = T5ForConditionalGeneration.from_pretrained(tmp_path / "a").state_dict()
+    b = T5ForConditionalGeneration.from_pretrained(tmp_path / "b").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["final_train_loss"] == straight["final_train_loss"]
+
+
+def test_lm_adapt_continues_a_checkpoint(span_run, cache_dir, tmp_path):
+    summary = pretrain(tiny_config(objective="lm-adapt", steps=4), cache_dir, tmp_path / "lm", init_from=span_run[0])
+    assert summary["complete"] and summary["init_from"] == str(span_run[0])
+    assert np.isfinite(summary["val_loss"]) and np.isfinite(summary["encoder_gap"])
+
+
+# --- errors ----------------------------------------------------------------------------------------
+
+
+def test_lm_adapt_from_a_folder_that_is_not_a_checkpoint(cache_dir, tokenizer_dir, tmp_path):
+    with pytest.raises(SoftpromptError, match="not a model checkpoint"):
+        pretrain(tiny_config(objective="lm-adapt"), cache_dir, tmp_path / "lm", init_from=tokenizer_dir)
+
+
+def test_empty_corpus(tokenizer_dir, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("short\n\n= Title =\n", encoding="utf-8")
+    with pytest.raises(SoftpromptError, match="empty corpus.*empty.txt"):
+        build_corpus_cache([empty], tokenizer_dir, tmp_path / "cache")
+
+
+def test_tokenizer_and_model_size_mismatch(span_run, corpus_file, cache_dir, tmp_path):
+    other = tmp_path / "other-tokenizer"
+    train_tokenizer([corpus_file], other, TokenizerConfig(vocab_size=VOCAB - 50))
+    with pytest.raises(SoftpromptError, match="embedding has"):
+        pretrain(tiny_config(steps=2), cache_dir, tmp_path / "run", tokenizer_dir=other, init_from=span_run[0])
+
+
+def test_cache_made_with_another_tokenizer(cache_dir, corpus_file, tmp_path):
+    other = tmp_path / "other-tokenizer"
+    train_tokenizer([corpus_file], other, TokenizerConfig(vocab_size=VOCAB - 50))
+    with pytest.raises(SoftpromptError, match="another tokenizer"):
+        pretrain(tiny_config(steps=2), cache_dir, tmp_path / "run", tokenizer_dir=other)

@@ -17,9 +17,11 @@ from transformers import AutoTokenizer, T5ForConditionalGeneration
 
 from softprompt.errors import SoftpromptError
 from softprompt.pretrain import (
+    BackboneConfig,
     CorpusConfig,
     PretrainConfig,
     TokenizerConfig,
+    build_backbone,
     build_corpus_cache,
     load_cache,
     parameter_count,
@@ -247,12 +249,34 @@ def test_resume_after_stop_equals_uninterrupted_run(cache_dir, tokenizer_dir, tm
     b = T5ForConditionalGeneration.from_pretrained(tmp_path / "b").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["final_train_loss"] == straight["final_train_loss"]
+    steps = [r["step"] for r in map(json.loads, (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()) if "loss" in r]
+    assert steps == [2, 3, 4, 6]  # no record repeated after the resume
 
 
 def test_lm_adapt_continues_a_checkpoint(span_run, cache_dir, tmp_path):
     summary = pretrain(tiny_config(objective="lm-adapt", steps=4), cache_dir, tmp_path / "lm", init_from=span_run[0])
     assert summary["complete"] and summary["init_from"] == str(span_run[0])
     assert np.isfinite(summary["val_loss"]) and np.isfinite(summary["encoder_gap"])
+
+
+def test_wall_clock_limit_stops_cleanly(cache_dir, tokenizer_dir, tmp_path):
+    stopped = pretrain(tiny_config(steps=50, max_minutes=1e-6), cache_dir, tmp_path / "run", tokenizer_dir=tokenizer_dir)
+    assert not stopped["complete"] and stopped["steps"] == 1
+    assert T5ForConditionalGeneration.from_pretrained(tmp_path / "run") is not None
+
+
+def test_build_backbone_runs_every_stage_and_skips_them_on_rerun(corpus_file, tmp_path):
+    config = BackboneConfig(tokenizer=TokenizerConfig(vocab_size=VOCAB), corpus=CorpusConfig(val_fraction=0.05),
+                            span_corruption=tiny_config(steps=4), lm_adapt=tiny_config(objective="lm-adapt", steps=2))
+    result = build_backbone(tmp_path / "bb", [corpus_file], config, extra_texts=["an unlabeled task input"],
+                            command="python -m build --size tiny")
+    assert result["complete"] and result["checkpoint"] == str(tmp_path / "bb" / "lm-adapted")
+    assert [s["objective"] for s in result["stages"].values()] == ["span-corruption", "lm-adapt"]
+    card = (tmp_path / "bb" / "lm-adapted" / "README.md").read_text()
+    assert "python -m build --size tiny" in card and "encoder gap" in card.lower()
+    stamp = (tmp_path / "bb" / "tokenizer" / "tokenizer.json").stat().st_mtime_ns
+    assert build_backbone(tmp_path / "bb", [corpus_file], config)["stages"] == result["stages"]
+    assert (tmp_path / "bb" / "tokenizer" / "tokenizer.json").stat().st_mtime_ns == stamp
 
 
 # --- errors ----------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def mean_dev_nll(model: PromptedModel, encoder: Encoder, examples) -> float:
 
 
 def test_trained_prompt_beats_its_initialisation(saved_backbone, tmp_path, data_dir):
-    config = tiny_config(saved_backbone, tmp_path / "run", task="sst2", data_dir=str(data_dir), max_steps=60,
+    config = tiny_config(saved_backbone, tmp_path / "run", task="sst2", data_dir=str(data_dir), max_steps=60, train_examples=2000,
                          batch_size=16, eval_every=1000, checkpoint_every=1000, prompt=PromptConfig(length=5, init="sampled-vocab"))
     result = train(config, progress=False)
     backbone, tokenizer = load_backbone(str(saved_backbone))
@@ -69,7 +69,7 @@ def run_cli(args, stderr_file: Path) -> subprocess.Popen:
 
 def test_resume_after_kill_equals_uninterrupted_run(saved_backbone, tmp_path, data_dir):
     common = ["train", "--model", str(saved_backbone), "--task", "cb", "--data-dir", str(data_dir), "--prompt-length", "4",
-              "--max-steps", "40", "--batch-size", "4", "--eval-every", "10", "--eval-examples", "8",
+              "--max-steps", "24", "--batch-size", "4", "--eval-every", "10", "--eval-examples", "8",
               "--checkpoint-every", "1", "--seed", "5", "--quiet"]
     err = tmp_path / "stderr.txt"
     straight = run_cli([*common, "--output", str(tmp_path / "a")], err)
@@ -78,7 +78,7 @@ def test_resume_after_kill_equals_uninterrupted_run(saved_backbone, tmp_path, da
     interrupted = run_cli([*common, "--output", str(tmp_path / "b")], err)
     log = tmp_path / "b" / "metrics.jsonl"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (log.is_file() and log.read_text().count('"loss"') >= 2):
+    while time.monotonic() < deadline and not (log.is_file() and log.read_text().count('"loss"') >= 1):
         time.sleep(0.05)
     interrupted.send_signal(signal.SIGKILL)
     interrupted.wait()
@@ -92,4 +92,4 @@ def test_resume_after_kill_equals_uninterrupted_run(saved_backbone, tmp_path, da
             assert torch.equal(load_file(str(a_file))["prompt"], load_file(str(b_file))["prompt"])
         else:
             a, b = torch.load(a_file, weights_only=False), torch.load(b_file, weights_only=False)
-            assert torch.equal(a["prompt"], b["prompt"]) and a["step"] == b["step"] == 40
+            assert torch.equal(a["prompt"], b["prompt"]) and a["step"] == b["step"] == 24

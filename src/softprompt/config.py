@@ -39,6 +39,7 @@ class TrainConfig:
     beta2_decay: float = 0.8  # paper: Adafactor beta2 decay 0.8 (parameter scaling off)
     max_input_length: int = 512  # T5's input length
     max_target_length: int = 16  # reference code: short targets (4-8 tokens); longer for QA
+    train_examples: int | None = None  # None = the whole train split; else its first N (few-shot)
     eval_every: int = 1000
     eval_examples: int | None = None  # None = the whole dev split
     eval_method: str = "rank"  # model selection by rank classification where the task allows

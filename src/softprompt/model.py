@@ -196,9 +196,11 @@ class PromptedModel(nn.Module):
         if self.is_encoder_decoder:
             logits = self.backbone(**spliced, labels=labels).logits  # (b, m, V)
             return logits, labels
-        target = spliced.pop("labels")
-        logits = self.backbone(**spliced).logits  # (b, w, V)
-        return logits[:, :-1], target[:, 1:]  # position t predicts token t+1
+        target = spliced.pop("labels")  # (b, w); left padding puts every label in the last columns
+        first = int((target != -100).any(0).nonzero().min())
+        # Only the positions that predict labels need the output layer: position t predicts t + 1.
+        logits = self.backbone(**spliced, logits_to_keep=target.shape[1] - first + 1).logits  # (b, w - first + 1, V)
+        return logits[:, :-1], target[:, first:]
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, prompt_index, max_new_tokens: int) -> torch.Tensor:

@@ -171,7 +171,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     output = Path(config.output)
     task = load_task(config)
     data_dir = resolve_data_dir(config.data_dir)
-    train_examples = task.load("train", data_dir)
+    train_examples = task.load("train", data_dir)[: config.train_examples]
     dev_examples = task.load("validation", data_dir)[: config.eval_examples]
     if not train_examples or not dev_examples:
         raise SoftpromptError(f"task {task.name}: the train and validation splits must both hold examples")

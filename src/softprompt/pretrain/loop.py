@@ -28,13 +28,14 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
 from ..errors import SoftpromptError
-from ..files import append_jsonl, write_json_atomic
+from ..files import append_jsonl, write_json_atomic, write_text_atomic
 from . import presets
 from . import tokenizer as tok_lib
 from .batches import WindowSampler, eval_batches, make_batch, prefetched
 from .corpus import CorpusCache, load_cache
 from .folders import atomic_folder, recover_folder
 from .objectives import Batch, PrefixLM, SpanCorruption, SpanCorruptionConfig
+from .optimizer import AdamWScale
 
 OBJECTIVES = ("span-corruption", "lm-adapt")
 STATE_FILE, LOG_FILE, SUMMARY_FILE = "trainer_state.pt", "train_log.jsonl", "pretrain_summary.json"
@@ -56,13 +57,14 @@ class PretrainConfig:
     targets_length: int = 256  # lm-adapt only: continuation + </s>; span corruption derives its own (58 for 256)
     noise_density: float = 0.15  # span corruption (T5)
     mean_noise_span_length: float = 3.0  # span corruption (T5)
-    lr: float = 1e-3  # peak AdamW learning rate: usual for 5-50M-parameter transformers (T5 used Adafactor, 1e-2)
+    optimizer: str = "adamw-scale"  # AdamW with Adafactor-style relative steps (optimizer.py; nanoT5), or "adamw"
+    lr: float = 1e-2  # peak rate; relative for adamw-scale (T5's Adafactor: 1e-2; nanoT5: 2e-2). Plain adamw wants ~1e-3
     min_lr_ratio: float = 0.1  # cosine decay ends at lr * 0.1 (Hoffmann et al. 2022)
-    warmup_steps: int = 1000  # linear warmup from 0 (T5: 10k steps of constant 1e-2 with inverse-sqrt decay)
-    weight_decay: float = 0.01  # on matrices only, not norms or relative-position biases (BERT/RoBERTa)
-    beta1: float = 0.9  # AdamW
-    beta2: float = 0.98  # RoBERTa (Liu et al. 2019): steadier than 0.999 with short warmups
-    eps: float = 1e-6  # RoBERTa
+    warmup_steps: int = 1000  # linear warmup from 0 (T5: 10k steps of constant 1e-2, then inverse-sqrt decay)
+    weight_decay: float = 0.0  # T5 and nanoT5 use none; applied to matrices only, not norms or position biases
+    beta1: float = 0.9  # Adam
+    beta2: float = 0.999  # Adam, nanoT5
+    eps: float = 1e-8  # Adam
     grad_clip: float = 1.0  # global norm
     seed: int = 0  # model init, window order, noise masks
     log_every: int = 50  # steps per train_log.jsonl record
@@ -98,6 +100,8 @@ def validate(config: PretrainConfig) -> None:
                  "eval_batches", "checkpoint_every"):
         if getattr(config, name) < 1:
             raise SoftpromptError(f"PretrainConfig.{name}={getattr(config, name)} must be at least 1")
+    if config.optimizer not in OPTIMIZERS:
+        raise SoftpromptError(f"PretrainConfig.optimizer={config.optimizer!r}; use one of {sorted(OPTIMIZERS)}")
     if not 0 < config.noise_density < 0.5:
         raise SoftpromptError(f"PretrainConfig.noise_density={config.noise_density} must be in (0, 0.5)")
     presets.preset(config.model)
@@ -140,13 +144,19 @@ def make_objective(config: PretrainConfig, tokenizer: PreTrainedTokenizerBase) -
 # --- optimisation ----------------------------------------------------------------------------------
 
 
-def make_optimizer(model: torch.nn.Module, config: PretrainConfig, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, config: PretrainConfig, device: torch.device) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (decay if p.ndim >= 2 and "relative_attention_bias" not in name else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps,
-                             fused=device.type == "cuda")
+    return OPTIMIZERS[config.optimizer](groups, config, device)
+
+
+OPTIMIZERS = {
+    "adamw-scale": lambda groups, c, device: AdamWScale(groups, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps),
+    "adamw": lambda groups, c, device: torch.optim.AdamW(groups, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps,
+                                                         fused=device.type == "cuda"),
+}
 
 
 def lr_factor(step: int, config: PretrainConfig) -> float:
@@ -231,6 +241,10 @@ def read_log(out_dir: Path, up_to_step: int) -> list[dict]:
     return [r for r in records if r.get("step", 0) <= up_to_step]
 
 
+def _log_text(log: list[dict]) -> str:
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in log)
+
+
 def save_checkpoint(out_dir: Path, model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerBase,
                     state: dict, log: list[dict], summary: dict | None = None) -> None:
     """Model, tokenizer, trainer state, log (and summary) in a temporary folder, then swapped in."""
@@ -238,7 +252,7 @@ def save_checkpoint(out_dir: Path, model: T5ForConditionalGeneration, tokenizer:
         model.save_pretrained(tmp)
         tok_lib.save_tokenizer(tokenizer, tmp)
         torch.save(state, tmp / STATE_FILE)
-        (tmp / LOG_FILE).write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in log), encoding="utf-8")
+        (tmp / LOG_FILE).write_text(_log_text(log), encoding="utf-8")
         if summary is not None:
             write_json_atomic(tmp / SUMMARY_FILE, summary)
 
@@ -290,6 +304,7 @@ def _start(config: PretrainConfig, cache_dir: str | os.PathLike, out_dir: Path, 
         model, tokenizer = load_model(out_dir), tok_lib.load_tokenizer(out_dir)
         init = state.get("init_from")
         log = read_log(out_dir, state["step"])
+        write_text_atomic(out_dir / LOG_FILE, _log_text(log))  # drop lines written after the checkpoint
         run = _Run(config, out_dir, model, tokenizer, None, device, state["step"], state["input_tokens"],
                    state["target_tokens"], state["elapsed_s"], init, str(cache_dir))
     else:

@@ -6,6 +6,7 @@ Everything runs on CPU on a tokenizer trained from a few hundred WikiText-2 line
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import Counter
 from pathlib import Path
@@ -30,6 +31,7 @@ from softprompt.pretrain import (
 )
 from softprompt.pretrain import presets
 from softprompt.pretrain.objectives import PrefixLM, SpanCorruption, compute_input_and_target_lengths, random_spans_noise_mask
+from softprompt.pretrain.optimizer import AdamWScale
 from softprompt.pretrain.tokenizer import sentinel_id
 
 DATA_DIR = Path(os.environ.get("SOFTPROMPT_DATA_DIR", "/work/shared/data"))
@@ -222,6 +224,27 @@ def test_initial_logits_are_order_one():
         ids = torch.randint(3, 8000, (2, 16))
         logits = model(input_ids=ids, decoder_input_ids=ids).logits
     assert 0.3 < logits.std().item() < 3.0  # an std-1.0 head unscaled would give ~sqrt(d_model) = 14
+
+
+def test_adamw_scale_steps_relative_to_each_parameter():
+    """Adam's bias-corrected step times max(1e-3, RMS(param)), with decoupled weight decay (nanoT5's AdamWScale)."""
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(20, 8) * 0.01), torch.nn.Parameter(torch.randn(5)), torch.nn.Parameter(torch.zeros(3))]
+    expected = [p.detach().clone() for p in params]
+    moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in expected]
+    optimizer = AdamWScale(params, lr=2e-2, weight_decay=0.1)
+    for t in (1, 2, 3):
+        grads = [torch.randn_like(p) for p in params]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        optimizer.step()
+        for e, g, (m, v) in zip(expected, grads, moments):
+            m.mul_(0.9).add_(g, alpha=0.1)
+            v.mul_(0.999).addcmul_(g, g, value=0.001)
+            scale = max(1e-3, (e.norm() / math.sqrt(e.numel())).item())
+            e.mul_(1 - 2e-2 * 0.1)
+            e.sub_(m / (v.sqrt() + 1e-8) * 2e-2 * math.sqrt(1 - 0.999**t) / (1 - 0.9**t) * scale)
+    assert all(torch.allclose(p.detach(), e, atol=1e-6) for p, e in zip(params, expected))
 
 
 def test_pretrain_writes_a_loadable_checkpoint_and_loss_falls(span_run, tokenizer_dir):

@@ -152,10 +152,68 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     print(json.dumps({**asdict(metadata), **stats}, indent=2))
 
 
-def cmd_pretrain(args: argparse.Namespace) -> None:
-    from .pretrain.cli import run_pretrain
+def pretrain_configs(args: argparse.Namespace):
+    """The two training stages' configs from the pretrain flags (shared by all pretrain commands)."""
+    from .pretrain import PretrainConfig
 
-    run_pretrain(args)
+    common = dict(batch_size=args.batch_size, inputs_length=args.inputs_length, seed=args.seed, device=args.device,
+                  compile=args.compile, max_minutes=args.max_minutes, progress=not args.quiet)
+    span = PretrainConfig(objective="span-corruption", model=args.size, steps=args.span_steps, lr=args.lr,
+                          warmup_steps=args.warmup_steps, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, **common)
+    lm = PretrainConfig(objective="lm-adapt", steps=args.lm_steps, lr=args.lm_lr, targets_length=args.inputs_length,
+                        warmup_steps=min(args.warmup_steps, max(1, args.lm_steps // 10)), eval_every=args.eval_every,
+                        checkpoint_every=args.checkpoint_every, **common)
+    return span, lm
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from .pretrain import BackboneConfig, TokenizerConfig, build_backbone, pretrain
+    from .pretrain.corpus import task_inputs
+
+    span, lm = pretrain_configs(args)
+    command = "softprompt " + " ".join(sys.argv[1:])
+    if args.stage == "backbone":
+        if not args.corpus:
+            raise SoftpromptError("pretrain backbone needs at least one --corpus")
+        config = BackboneConfig(tokenizer=TokenizerConfig(vocab_size=args.vocab_size), span_corruption=span, lm_adapt=lm)
+        result = build_backbone(args.output, args.corpus, config, task_inputs(args.task_inputs, args.data_dir), command)
+    elif args.stage == "span-corruption":
+        result = pretrain(span, args.cache, args.output, tokenizer_dir=args.tokenizer, command=command)
+    else:
+        if not args.init_from:
+            raise SoftpromptError("pretrain lm-adapt needs --init-from CHECKPOINT")
+        result = pretrain(lm, args.cache, args.output, init_from=args.init_from, command=command)
+    print(json.dumps(result, default=str))
+
+
+def add_pretrain_args(p: argparse.ArgumentParser) -> None:
+    from .pretrain import PRESETS, PretrainConfig, TokenizerConfig
+
+    d = PretrainConfig()
+    p.add_argument("stage", choices=("backbone", "span-corruption", "lm-adapt"),
+                   help="backbone: every stage (tokenizer, cache, span corruption, LM adaptation), skipping complete ones")
+    p.add_argument("--output", required=True, help="output folder (backbone: holds one subfolder per stage)")
+    p.add_argument("--corpus", action="append", default=[], help="text, WikiExtractor or JSONL file/folder; repeatable")
+    p.add_argument("--task-inputs", action="append", default=[], help="add the unlabeled inputs of this task's train split; repeatable")
+    p.add_argument("--data-dir", help="task data (default $SOFTPROMPT_DATA_DIR)")
+    p.add_argument("--cache", help="span-corruption / lm-adapt: a corpus cache folder")
+    p.add_argument("--tokenizer", help="span-corruption: a tokenizer folder")
+    p.add_argument("--init-from", help="lm-adapt: the checkpoint to continue")
+    p.add_argument("--size", choices=sorted(PRESETS), default=d.model, help="model size preset (default: %(default)s)")
+    p.add_argument("--vocab-size", type=int, default=TokenizerConfig().vocab_size, help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
+    p.add_argument("--inputs-length", type=int, default=d.inputs_length, help="encoder tokens per sequence (default: %(default)s)")
+    p.add_argument("--span-steps", type=int, default=d.steps, help="span-corruption steps (default: %(default)s)")
+    p.add_argument("--lm-steps", type=int, default=2000, help="LM-adaptation steps (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr, help="span-corruption peak rate (default: %(default)s)")
+    p.add_argument("--lm-lr", type=float, default=1e-2, help="LM-adaptation peak rate (default: %(default)s)")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="(default: %(default)s)")
+    p.add_argument("--eval-every", type=int, default=d.eval_every, help="(default: %(default)s)")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="(default: %(default)s)")
+    p.add_argument("--max-minutes", type=float, help="wall-clock limit per stage for this call; rerun to resume")
+    p.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
+    p.add_argument("--device", default=d.device, help="(default: %(default)s)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,12 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     n = command("inspect", cmd_inspect, "Print a prompt file's metadata.")
     n.add_argument("--prompt", required=True, help="prompt directory")
 
-    try:
-        from .pretrain.cli import add_pretrain_parser
-    except ImportError:  # pretraining is an optional component during development
-        add_pretrain_parser = None
-    if add_pretrain_parser:
-        add_pretrain_parser(command("pretrain", cmd_pretrain, "Build backbones: tokenizer, span-corruption pretraining, LM adaptation."))
+    add_pretrain_args(command("pretrain", cmd_pretrain, "Build T5-style backbones: tokenizer, span corruption, LM adaptation."))
     return parser
 
 

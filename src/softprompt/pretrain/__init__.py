@@ -37,7 +37,7 @@ Source = str | os.PathLike | CorpusSource
 def _lm_adapt_default() -> PretrainConfig:
     # Lester et al. 2021: LM adaptation for up to 100K extra steps, ~10% of T5's pretraining. A fresh
     # optimizer on a trained model: half the peak rate, short warmup.
-    return PretrainConfig(objective="lm-adapt", steps=2000, warmup_steps=100, lr=5e-4, eval_every=500,
+    return PretrainConfig(objective="lm-adapt", steps=2000, warmup_steps=100, lr=1e-2, eval_every=500,
                           checkpoint_every=500, targets_length=256)
 
 

@@ -277,3 +277,11 @@ def load_cache(folder: str | os.PathLike, tokenizer: PreTrainedTokenizerBase | N
     except (OSError, ValueError) as e:
         raise SoftpromptError(f"{folder}: unreadable token array ({e})") from None
     return CorpusCache(train, val, meta)
+
+
+def task_inputs(task_names: Sequence[str], data_dir: str | os.PathLike | None) -> list[str]:
+    """Unlabeled input texts of the tasks' *training* splits (never dev or test), as extra documents."""
+    from ..tasks import get_task, resolve_data_dir
+
+    root = resolve_data_dir(data_dir)
+    return [example.input for name in task_names for example in get_task(name).load("train", root)]

@@ -44,12 +44,17 @@ class AdamWScale(torch.optim.Optimizer):
         torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
-        norms = torch._foreach_norm(params)  # before the update, as nanoT5
-        for p, s, m, v, norm in zip(params, states, exp_avgs, exp_avg_sqs, norms):
-            s["step"] += 1
-            t = s["step"]
-            step_size = group["lr"] * math.sqrt(1 - beta2**t) / (1 - beta1**t)
-            scale = (norm / math.sqrt(p.numel())).clamp_min(group["min_scale"])  # 0-d, stays on the device
-            if group["weight_decay"]:
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-            p.sub_(m / (v.sqrt() + group["eps"]) * (scale * step_size))
+        for state in states:
+            state["step"] += 1
+        t = states[0]["step"]  # the parameters of a group always step together
+        step_size = group["lr"] * math.sqrt(1 - beta2**t) / (1 - beta1**t)
+        # scale_i = max(min_scale, RMS(param_i)) * step_size, as 0-d tensors on the device (no host sync)
+        scales = torch._foreach_mul(torch._foreach_norm(params), [step_size / math.sqrt(p.numel()) for p in params])
+        torch._foreach_clamp_min_(scales, group["min_scale"] * step_size)
+        denominators = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_add_(denominators, group["eps"])
+        updates = torch._foreach_div(exp_avgs, denominators)  # m / (sqrt(v) + eps)
+        torch._foreach_mul_(updates, scales)
+        if group["weight_decay"]:
+            torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
+        torch._foreach_sub_(params, updates)

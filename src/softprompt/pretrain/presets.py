@@ -3,9 +3,9 @@
 T5 1.1 (Raffel et al. 2020, "T5.1.1" release notes): gated-GELU feed-forward, RMSNorm without bias,
 relative attention (32 buckets, max distance 128), no dropout during pretraining.
 
-Output layer: T5 1.1 unties it from the input embedding. The installed `transformers` 5.x forces
-T5's `lm_head` to share the input embedding (`T5Config` sets `tie_word_embeddings=True` whatever
-it is given), so an untied head saved with one version does not load faithfully in another. The
+Output layer: T5 1.1 unties it from the input embedding. `transformers` 5.x (checked: 5.17 and 5.24)
+forces T5's `lm_head` to share the input embedding (`T5Config` sets `tie_word_embeddings=True` whatever
+it is given), so an untied head cannot be trained or loaded faithfully with the stock class. The
 presets therefore tie it the original-T5 way, which every version reads the same: tied weights and
 decoder outputs scaled by d_model**-0.5 (HF: `tie_word_embeddings=True`). With the embedding's
 std-1.0 init this gives the initial logits of an untied head with std d_model**-0.5, i.e. O(1)

@@ -93,3 +93,15 @@ def test_resume_after_kill_equals_uninterrupted_run(saved_backbone, tmp_path, da
         else:
             a, b = torch.load(a_file, weights_only=False), torch.load(b_file, weights_only=False)
             assert torch.equal(a["prompt"], b["prompt"]) and a["step"] == b["step"] == 24
+
+
+def test_model_tuning_baseline_trains_every_weight(saved_backbone, tmp_path, data_dir):
+    config = tiny_config(saved_backbone, tmp_path / "run", data_dir=str(data_dir), tune="model", lr=1e-3,
+                         prompt=PromptConfig(length=0), max_steps=3, eval_every=3)
+    result = train(config, progress=False)
+    before, _ = load_backbone(str(saved_backbone))
+    tuned, tokenizer = load_backbone(str(result.output / "backbone"))
+    changed = [n for (n, a), (_, b) in zip(before.named_parameters(), tuned.named_parameters()) if not torch.equal(a, b)]
+    assert len(changed) > len(list(before.parameters())) // 2
+    model = PromptedModel(tuned, tokenizer)
+    assert model.load_prompt(result.output, "cb") == "cb", "the empty prompt matches the tuned backbone's fingerprint"

@@ -8,6 +8,7 @@ from typing import Any
 INITS = ("random-uniform", "sampled-vocab", "class-label", "text", "file")
 EVAL_METHODS = ("rank", "generate", "both")
 TARGET_FORMATS = ("plain", "sentinel")
+TUNE_MODES = ("prompt", "model")
 
 
 @dataclass
@@ -50,6 +51,7 @@ class TrainConfig:
     target_format: str = "plain"  # "sentinel" = <extra_id_0> before every target (§3.3)
     device: str = "auto"
     task_spec: dict[str, Any] | None = None  # a custom task's CustomTaskSpec fields
+    tune: str = "prompt"  # "prompt" (the method) or "model": the model-tuning baseline, every weight trains
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -73,7 +73,7 @@ class PromptedModel(nn.Module):
         self.backbone_name = name or getattr(backbone.config, "_name_or_path", "")
         self.prompts = nn.ModuleDict()
         self.prompt_metadata: dict[str, PromptMetadata] = {}
-        self._fingerprint: str | None = None
+        self._fingerprint: tuple[int, str] | None = None  # (embedding version, hash)
         backbone.requires_grad_(False)
         tokenizer.padding_side = "right" if self.is_encoder_decoder else "left"
 
@@ -95,10 +95,14 @@ class PromptedModel(nn.Module):
         return self.embeddings.device
 
     def fingerprint(self) -> str:
-        """Identifies the (frozen) embedding table, so prompt files can refuse other backbones."""
-        if self._fingerprint is None:
-            self._fingerprint = embedding_fingerprint(self.embeddings)
-        return self._fingerprint
+        """Identifies the embedding table, so prompt files can refuse other backbones.
+
+        Cached until the table changes in place (only model tuning changes it).
+        """
+        version = self.embeddings._version
+        if self._fingerprint is None or self._fingerprint[0] != version:
+            self._fingerprint = (version, embedding_fingerprint(self.embeddings))
+        return self._fingerprint[1]
 
     def common_token_ids(self) -> list[int]:
         return most_common_token_ids(len(self.tokenizer), self.tokenizer.all_special_ids, len(self.tokenizer))

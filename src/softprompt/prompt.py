@@ -79,11 +79,11 @@ def initial_prompt(
 
     generator = generator or torch.Generator().manual_seed(0)
     p, e = config.length, embeddings.shape[1]
-    if p < 1:
-        raise SoftpromptError(f"prompt length must be at least 1, got {p}")
+    if p < 0:
+        raise SoftpromptError(f"prompt length must not be negative, got {p}")
     candidates = list(common_ids)[: config.vocab_sample_size]
 
-    def filled(rows: list[torch.Tensor]) -> torch.Tensor:
+    def filled(rows: list[torch.Tensor]) -> torch.Tensor:  # (p, e): rows, then sampled vocabulary
         rows = rows[:p]
         rest = sampled_vocab_rows(embeddings, candidates, p - len(rows), generator)
         return torch.cat([torch.stack(rows), rest]) if rows else rest  # (p, e)

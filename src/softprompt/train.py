@@ -5,6 +5,10 @@ needed to continue exactly: prompt, optimizer, data position, random states, bes
 `metrics.jsonl` (loss and evaluations), and the best prompt as `prompt.safetensors` +
 `prompt.json`. `resume=True` continues from the checkpoint and ends with the same prompt as an
 uninterrupted run.
+
+`tune="model"` is the paper's model-tuning baseline: every backbone weight trains too (use a lower
+lr, T5 fine-tuning's 1e-3, and `--prompt-length 0` for no prompt), and the best backbone is saved
+in `backbone/` beside the prompt.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from .tasks.base import Task
 from .tasks.custom import CustomTaskSpec, custom_task
 
 RUN_FILE, CHECKPOINT_FILE, LOG_FILE, RESULT_FILE = "run.json", "checkpoint.pt", "metrics.jsonl", "result.json"
+TUNED_BACKBONE_DIR = "backbone"
 # Fields that may change when a run is resumed; any other difference means a different run.
 RESUMABLE_FIELDS = {"max_steps", "max_minutes", "eval_batch_size", "log_every", "device"}
 
@@ -106,6 +111,29 @@ def build_model(config: TrainConfig, task: Task) -> tuple[PromptedModel, Encoder
     model.add_prompt(task.name, SoftPrompt(weight))
     encoder = Encoder(tokenizer, model.is_encoder_decoder, config.max_input_length, config.max_target_length, config.target_format)
     return model.to(pick_device(config.device)), encoder
+
+
+def trainable_parameters(model: PromptedModel, config: TrainConfig) -> list[torch.nn.Parameter]:
+    """The prompt alone (prompt tuning), or the prompt and every backbone weight (model tuning)."""
+    if config.tune == "model":
+        model.backbone.requires_grad_(True)
+        return [p for p in model.parameters()]
+    return model.prompt_parameters()
+
+
+def save_tuned_backbone(model: PromptedModel, directory: Path) -> None:
+    """Model tuning's result: the whole backbone, replaced atomically."""
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    model.backbone.save_pretrained(tmp)
+    model.tokenizer.save_pretrained(tmp)
+    old = directory.with_name(directory.name + ".old")
+    if directory.exists():
+        directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def prompt_metadata(model: PromptedModel, config: TrainConfig, task: Task, extra: dict[str, Any]) -> PromptMetadata:
@@ -181,13 +209,13 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     model, encoder = build_model(config, task)
     features = encoder.encode_all(train_examples, f"{task.name} train")
     stream = BatchStream(features, config.batch_size, config.seed)
-    optimizer = make_optimizer(model.prompt_parameters(), config)
+    optimizer = make_optimizer(trainable_parameters(model, config), config)
     step, best_step, best_metrics = 0, -1, {}
 
     checkpoint = output / CHECKPOINT_FILE
     if resume and checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=False)
-        model.prompt_parameters()[0].data.copy_(state["prompt"])
+        model.load_state_dict(state["trainable"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         step, best_step, best_metrics = state["step"], state["best_step"], state["best_metrics"]
         stream.seek(*state["position"])
@@ -195,7 +223,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
 
     def save_state() -> None:
         save_checkpoint(checkpoint, {
-            "prompt": model.prompt_parameters()[0].detach().cpu(), "optimizer": optimizer.state_dict(),
+            "trainable": {k: v.detach().cpu() for k, v in model.named_parameters() if v.requires_grad},
+            "optimizer": optimizer.state_dict(),
             "step": step, "best_step": best_step, "best_metrics": best_metrics,
             "position": stream.position(), "random": random_states(),
         })
@@ -213,6 +242,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         if not best_metrics or metrics[key] > best_metrics[key]:
             best_step, best_metrics = step, metrics
             save_prompt(output, model.prompt_parameters()[0], prompt_metadata(model, config, task, {"step": step, "metrics": metrics}))
+            if config.tune == "model":
+                save_tuned_backbone(model, output / TUNED_BACKBONE_DIR)
 
     model.train()
     bar = tqdm(total=config.max_steps, initial=step, desc=f"train {task.name}", disable=not progress)

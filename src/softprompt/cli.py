@@ -167,7 +167,7 @@ def pretrain_configs(args: argparse.Namespace):
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from .pretrain import BackboneConfig, TokenizerConfig, build_backbone, pretrain
+    from .pretrain import BackboneConfig, TokenizerConfig, build_backbone, package_checkpoint, pretrain
     from .pretrain.corpus import task_inputs
 
     span, lm = pretrain_configs(args)
@@ -177,6 +177,10 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
             raise SoftpromptError("pretrain backbone needs at least one --corpus")
         config = BackboneConfig(tokenizer=TokenizerConfig(vocab_size=args.vocab_size), span_corruption=span, lm_adapt=lm)
         result = build_backbone(args.output, args.corpus, config, task_inputs(args.task_inputs, args.data_dir), command)
+    elif args.stage == "package":
+        if not args.init_from:
+            raise SoftpromptError("pretrain package needs --init-from CHECKPOINT")
+        result = {"packaged": str(package_checkpoint(args.init_from, args.output))}
     elif args.stage == "span-corruption":
         result = pretrain(span, args.cache, args.output, tokenizer_dir=args.tokenizer, command=command)
     else:
@@ -190,15 +194,16 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
     from .pretrain import PRESETS, PretrainConfig, TokenizerConfig
 
     d = PretrainConfig()
-    p.add_argument("stage", choices=("backbone", "span-corruption", "lm-adapt"),
-                   help="backbone: every stage (tokenizer, cache, span corruption, LM adaptation), skipping complete ones")
+    p.add_argument("stage", choices=("backbone", "span-corruption", "lm-adapt", "package"),
+                   help="backbone: every stage (tokenizer, cache, span corruption, LM adaptation), skipping complete ones; "
+                        "package: copy a checkpoint in float16 for shipping")
     p.add_argument("--output", required=True, help="output folder (backbone: holds one subfolder per stage)")
     p.add_argument("--corpus", action="append", default=[], help="text, WikiExtractor or JSONL file/folder; repeatable")
     p.add_argument("--task-inputs", action="append", default=[], help="add the unlabeled inputs of this task's train split; repeatable")
     p.add_argument("--data-dir", help="task data (default $SOFTPROMPT_DATA_DIR)")
     p.add_argument("--cache", help="span-corruption / lm-adapt: a corpus cache folder")
     p.add_argument("--tokenizer", help="span-corruption: a tokenizer folder")
-    p.add_argument("--init-from", help="lm-adapt: the checkpoint to continue")
+    p.add_argument("--init-from", help="lm-adapt: the checkpoint to continue; package: the checkpoint to copy")
     p.add_argument("--size", choices=sorted(PRESETS), default=d.model, help="model size preset (default: %(default)s)")
     p.add_argument("--vocab-size", type=int, default=TokenizerConfig().vocab_size, help="(default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")

@@ -29,7 +29,7 @@ from .config import TrainConfig
 from .data import Encoder, Features, collate, length_grouped_batches
 from .errors import SoftpromptError
 from .evaluate import evaluate, to_device
-from .files import append_jsonl, atomic_path, write_json_atomic
+from .files import append_jsonl, atomic_folder, atomic_path, write_json_atomic
 from .model import PromptedModel, load_backbone, resolve_backbone_name
 from .prompt import SoftPrompt, initial_prompt
 from .prompt_io import PromptMetadata, save_prompt
@@ -123,17 +123,9 @@ def trainable_parameters(model: PromptedModel, config: TrainConfig) -> list[torc
 
 def save_tuned_backbone(model: PromptedModel, directory: Path) -> None:
     """Model tuning's result: the whole backbone, replaced atomically."""
-    import shutil
-    import tempfile
-
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    model.backbone.save_pretrained(tmp)
-    model.tokenizer.save_pretrained(tmp)
-    old = directory.with_name(directory.name + ".old")
-    if directory.exists():
-        directory.rename(old)
-    tmp.rename(directory)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_folder(directory) as tmp:
+        model.backbone.save_pretrained(tmp)
+        model.tokenizer.save_pretrained(tmp)
 
 
 def prompt_metadata(model: PromptedModel, config: TrainConfig, task: Task, extra: dict[str, Any]) -> PromptMetadata:

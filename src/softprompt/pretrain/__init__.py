@@ -21,13 +21,13 @@ from transformers import PreTrainedTokenizerBase
 from ..errors import SoftpromptError
 from .card import write_model_card
 from .corpus import CorpusCache, CorpusConfig, CorpusSource, build_cache, is_cache_folder, load_cache, read_documents
-from .loop import PretrainConfig, pretrain
+from .loop import PretrainConfig, package_checkpoint, pretrain
 from .presets import PRESETS, build_model, parameter_count
 from .tokenizer import TokenizerConfig, is_tokenizer_folder, load_tokenizer, train_and_save
 
 __all__ = [
     "BackboneConfig", "CorpusCache", "CorpusConfig", "CorpusSource", "PRESETS", "PretrainConfig", "TokenizerConfig",
-    "build_backbone", "build_corpus_cache", "build_model", "load_cache", "load_tokenizer", "parameter_count",
+    "build_backbone", "build_corpus_cache", "build_model", "load_cache", "load_tokenizer", "package_checkpoint", "parameter_count",
     "pretrain", "train_tokenizer",
 ]
 

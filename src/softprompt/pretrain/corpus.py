@@ -23,9 +23,8 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from ..errors import SoftpromptError
-from ..files import write_json_atomic
+from ..files import atomic_folder, recover_folder, write_json_atomic
 from . import tokenizer as tok_lib
-from .folders import atomic_folder, recover_folder
 
 CACHE_FORMAT = "softprompt-corpus-cache/1"
 FORMATS = ("auto", "text", "wikiextractor", "jsonl")

@@ -28,12 +28,11 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
 from ..errors import SoftpromptError
-from ..files import append_jsonl, write_json_atomic, write_text_atomic
+from ..files import append_jsonl, atomic_folder, recover_folder, write_json_atomic, write_text_atomic
 from . import presets
 from . import tokenizer as tok_lib
 from .batches import WindowSampler, eval_batches, make_batch, prefetched
 from .corpus import CorpusCache, load_cache
-from .folders import atomic_folder, recover_folder
 from .objectives import Batch, PrefixLM, SpanCorruption, SpanCorruptionConfig
 from .optimizer import AdamWScale
 
@@ -255,6 +254,22 @@ def save_checkpoint(out_dir: Path, model: T5ForConditionalGeneration, tokenizer:
         (tmp / LOG_FILE).write_text(_log_text(log), encoding="utf-8")
         if summary is not None:
             write_json_atomic(tmp / SUMMARY_FILE, summary)
+
+
+def package_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Copy a finished checkpoint in float16 with its model card and summary, for shipping inside the package.
+
+    Half precision halves the size; `softprompt.model.load_backbone` reads it back as float32.
+    Raises SoftpromptError if `checkpoint` is not a checkpoint.
+    """
+    model, checkpoint = load_model(checkpoint), Path(checkpoint)
+    with atomic_folder(out_dir) as tmp:
+        model.to(torch.float16).save_pretrained(tmp)
+        tok_lib.save_tokenizer(tok_lib.load_tokenizer(checkpoint), tmp)
+        for name in ("README.md", SUMMARY_FILE, LOG_FILE):
+            if (checkpoint / name).is_file():
+                (tmp / name).write_bytes((checkpoint / name).read_bytes())
+    return Path(out_dir)
 
 
 def _config_differences(saved: dict, config: PretrainConfig) -> list[str]:

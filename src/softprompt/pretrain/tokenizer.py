@@ -22,8 +22,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from ..errors import SoftpromptError
-from ..files import write_json_atomic
-from .folders import atomic_folder, recover_folder
+from ..files import atomic_folder, recover_folder, write_json_atomic
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 SPECIAL_TOKENS = (PAD, EOS, UNK)  # ids 0, 1, 2 as in T5

@@ -45,7 +45,7 @@ def device_name(device: torch.device) -> str:
 def environment(device: torch.device) -> dict[str, Any]:
     """What a reader needs to reproduce or compare a result."""
     return {
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "command": shlex.join(["python", script_path(), *sys.argv[1:]]),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -54,6 +54,13 @@ def environment(device: torch.device) -> dict[str, Any]:
         "device_name": device_name(device),
         "platform": platform.platform(),
     }
+
+
+def script_path() -> str:
+    """The running script, relative to the repository when inside it (links resolved)."""
+    path = Path(sys.argv[0]).resolve()
+    root = Path(__file__).resolve().parents[1]
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 def _rss_bytes() -> int:

@@ -274,26 +274,26 @@ def same_batch_check(args: argparse.Namespace, work: Path, backbone_dir: str, de
 
 def run_child(row: str, work: Path) -> dict[str, Any]:
     result = work / f"{row}.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--only", row, "--work", str(work)]
+    cmd = [sys.executable, sys.argv[0], *sys.argv[1:], "--only", row, "--work", str(work)]  # this script, as it was run
     subprocess.run(cmd, check=True)
     return json.loads(result.read_text())
 
 
 def run_rows(rows: list[str], repeats: int, work: Path) -> dict[str, dict[str, Any]]:
-    """Each row `repeats` times, interleaved (A B C A B C); the median speed and memory are kept,
-    every run's value is listed. Tokens and losses are the same in every repeat (same seed)."""
+    """Each row `repeats` times, interleaved (A B C A B C); the run of median speed is reported with the
+    median memory growth, and every run's values are listed. Tokens are the same in every repeat."""
     runs: dict[str, list[dict[str, Any]]] = {row: [] for row in rows}
     for _ in range(repeats):
         for row in rows:
             runs[row].append(run_child(row, work))
     merged = {}
     for row, results in runs.items():
-        speeds = [r["examples_per_s"] for r in results]
+        median_run = sorted(results, key=lambda r: r["examples_per_s"])[(len(results) - 1) // 2]  # the (lower) median
         growths = [r["memory"]["growth_mib"] for r in results]
-        merged[row] = {**results[len(results) // 2], "examples_per_s": statistics.median(speeds),
-                       "examples_per_s_runs": speeds, "seconds_runs": [r["seconds"] for r in results],
+        merged[row] = {**median_run, "examples_per_s_runs": [r["examples_per_s"] for r in results],
+                       "seconds_runs": [r["seconds"] for r in results],
                        "load_average_runs": [r["load_average_1min_start_end"] for r in results],
-                       "memory": {**results[0]["memory"], "growth_mib": statistics.median(growths), "growth_mib_runs": growths}}
+                       "memory": {**median_run["memory"], "growth_mib": statistics.median_low(growths), "growth_mib_runs": growths}}
     return merged
 
 

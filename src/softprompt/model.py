@@ -27,18 +27,21 @@ from .errors import SoftpromptError
 from .prompt import SoftPrompt, most_common_token_ids
 from .prompt_io import PromptMetadata, check_compatible, embedding_fingerprint, load_prompt
 
-DEFAULT_BACKBONE = Path(__file__).parent / "backbones" / "default"
+PACKAGED_BACKBONES = Path(__file__).parent / "backbones"
+PACKAGED_PREFIX = "packaged:"  # e.g. "packaged:default", "packaged:span-corruption"
+DEFAULT_BACKBONE = PACKAGED_PREFIX + "default"
 
 
 def resolve_backbone_name(name: str | None) -> str:
-    """The packaged default backbone when no name is given."""
-    if name:
+    """A hub name or local path; "packaged:NAME" (and no name at all) mean a backbone shipped in the package."""
+    name = name or DEFAULT_BACKBONE
+    if not name.startswith(PACKAGED_PREFIX):
         return name
-    if not (DEFAULT_BACKBONE / "config.json").is_file():
-        raise SoftpromptError(
-            f"no --model given and the packaged default backbone is missing at {DEFAULT_BACKBONE}"
-        )
-    return str(DEFAULT_BACKBONE)
+    path = PACKAGED_BACKBONES / name.removeprefix(PACKAGED_PREFIX)
+    if not (path / "config.json").is_file():
+        shipped = sorted(p.name for p in PACKAGED_BACKBONES.glob("*/config.json")) if PACKAGED_BACKBONES.is_dir() else []
+        raise SoftpromptError(f"no packaged backbone {name!r} at {path}; packaged: {', '.join(shipped) or 'none'}")
+    return str(path)
 
 
 def load_backbone(name: str | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -70,7 +73,7 @@ class PromptedModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.tokenizer = tokenizer
-        self.backbone_name = name or getattr(backbone.config, "_name_or_path", "")
+        self.backbone_name = name or getattr(backbone.config, "_name_or_path", "")  # as the user named it
         self.prompts = nn.ModuleDict()
         self.prompt_metadata: dict[str, PromptMetadata] = {}
         self._fingerprint: tuple[int, str] | None = None  # (embedding version, hash)

@@ -30,7 +30,7 @@ from .data import Encoder, Features, collate, length_grouped_batches
 from .errors import SoftpromptError
 from .evaluate import evaluate, to_device
 from .files import append_jsonl, atomic_folder, atomic_path, write_json_atomic
-from .model import PromptedModel, load_backbone, resolve_backbone_name
+from .model import DEFAULT_BACKBONE, PromptedModel, load_backbone
 from .prompt import SoftPrompt, initial_prompt
 from .prompt_io import PromptMetadata, save_prompt
 from .tasks import get_task, resolve_data_dir
@@ -105,7 +105,7 @@ def prepare_output(output: Path, config: TrainConfig, resume: bool) -> None:
 def build_model(config: TrainConfig, task: Task) -> tuple[PromptedModel, Encoder]:
     """The frozen backbone with one freshly initialised prompt named after the task."""
     backbone, tokenizer = load_backbone(config.model)
-    model = PromptedModel(backbone, tokenizer, resolve_backbone_name(config.model))
+    model = PromptedModel(backbone, tokenizer, config.model or DEFAULT_BACKBONE)
     generator = torch.Generator().manual_seed(config.seed)
     weight = initial_prompt(config.prompt, model.embeddings.detach(), model.encode_words, model.common_token_ids(), task.class_words, generator)
     model.add_prompt(task.name, SoftPrompt(weight))

@@ -57,7 +57,8 @@ def assert_same_outputs(prompted, prompt_index, peft_model):
             batch = collate(group, prompted.tokenizer.pad_token_id, prompted.is_encoder_decoder)
             logits, target = prompted.label_logits(**batch)
             out = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-            theirs = out.logits if prompted.is_encoder_decoder else out.logits[:, :-1]  # position t predicts t+1
+            # Position t predicts t+1; our decoder-only logits cover only the last positions, where labels are.
+            theirs = out.logits if prompted.is_encoder_decoder else out.logits[:, :-1][:, -logits.shape[1]:]
             assert theirs.shape == logits.shape
             real = target != -100
             torch.testing.assert_close(logits[real], theirs[real], rtol=1e-5, atol=1e-5)

@@ -39,7 +39,7 @@ def resolve_backbone_name(name: str | None) -> str:
         return name
     path = PACKAGED_BACKBONES / name.removeprefix(PACKAGED_PREFIX)
     if not (path / "config.json").is_file():
-        shipped = sorted(p.name for p in PACKAGED_BACKBONES.glob("*/config.json")) if PACKAGED_BACKBONES.is_dir() else []
+        shipped = sorted(p.parent.name for p in PACKAGED_BACKBONES.glob("*/config.json")) if PACKAGED_BACKBONES.is_dir() else []
         raise SoftpromptError(f"no packaged backbone {name!r} at {path}; packaged: {', '.join(shipped) or 'none'}")
     return str(path)
 

@@ -160,7 +160,7 @@ def pretrain_configs(args: argparse.Namespace):
                   compile=args.compile, max_minutes=args.max_minutes, progress=not args.quiet)
     span = PretrainConfig(objective="span-corruption", model=args.size, steps=args.span_steps, lr=args.lr,
                           warmup_steps=args.warmup_steps, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, **common)
-    lm = PretrainConfig(objective="lm-adapt", steps=args.lm_steps, lr=args.lm_lr, targets_length=args.inputs_length,
+    lm = PretrainConfig(objective="lm-adapt", model=args.size, steps=args.lm_steps, lr=args.lm_lr, targets_length=args.inputs_length,
                         warmup_steps=min(args.warmup_steps, max(1, args.lm_steps // 10)), eval_every=args.eval_every,
                         checkpoint_every=args.checkpoint_every, **common)
     return span, lm

@@ -29,19 +29,22 @@ HERE = Path(__file__).resolve().parent
 
 
 @torch.no_grad()
-def mean_pooled_encoder(name: str, texts: list[str], batch_size: int) -> np.ndarray:
-    """[len(texts), d_model]: the encoder's last hidden states averaged over each input's real tokens."""
+def mean_pooled_encoder(name: str, splits: list[list[str]], batch_size: int) -> list[np.ndarray]:
+    """Per split, [len(texts), d_model]: the encoder's last hidden states averaged over each input's real tokens."""
     model, tokenizer = load_backbone(name)
     if not model.config.is_encoder_decoder:
         raise SystemExit(f"{name}: the probe reads an encoder; this backbone is decoder-only")
-    model.eval()
-    rows = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, truncation=True)
-        hidden = model.get_encoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-        mask = batch.attention_mask.unsqueeze(-1).float()
-        rows.append(((hidden * mask).sum(1) / mask.sum(1)).numpy())
-    return np.concatenate(rows)
+    encoder = model.eval().get_encoder()
+    features = []
+    for texts in splits:
+        rows = []
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, truncation=True)
+            hidden = encoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+            mask = batch.attention_mask.unsqueeze(-1).float()
+            rows.append(((hidden * mask).sum(1) / mask.sum(1)).numpy())
+        features.append(np.concatenate(rows))
+    return features
 
 
 def probe_accuracy(train_x, train_y, dev_x, dev_y) -> float:
@@ -61,14 +64,13 @@ def main() -> None:
     train = list(task.load("train", root))
     random.Random(0).shuffle(train)
     train, dev = train[: args.train_examples], list(task.load("validation", root))
+    train_text, dev_text = [e.input for e in train], [e.input for e in dev]
     train_y, dev_y = [e.target for e in train], [e.target for e in dev]
 
-    words = CountVectorizer(binary=True).fit([e.input for e in train])
-    results = {"bag_of_words": probe_accuracy(words.transform([e.input for e in train]), train_y,
-                                              words.transform([e.input for e in dev]), dev_y)}
+    words = CountVectorizer(binary=True).fit(train_text)
+    results = {"bag_of_words": probe_accuracy(words.transform(train_text), train_y, words.transform(dev_text), dev_y)}
     for name in args.backbones:
-        train_x = mean_pooled_encoder(name, [e.input for e in train], args.batch_size)
-        dev_x = mean_pooled_encoder(name, [e.input for e in dev], args.batch_size)
+        train_x, dev_x = mean_pooled_encoder(name, [train_text, dev_text], args.batch_size)
         results[name] = probe_accuracy(train_x, train_y, dev_x, dev_y)
         print(f"{name}: encoder probe {results[name]:.4f}", flush=True)
     print(f"bag of words: {results['bag_of_words']:.4f}")

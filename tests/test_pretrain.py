@@ -25,10 +25,12 @@ from softprompt.pretrain import (
     TokenizerConfig,
     build_backbone,
     build_corpus_cache,
+    lineage,
     load_cache,
     parameter_count,
     pretrain,
     train_tokenizer,
+    write_lineage_card,
 )
 from softprompt.pretrain import presets
 from softprompt.pretrain.objectives import PrefixLM, SpanCorruption, compute_input_and_target_lengths, random_spans_noise_mask
@@ -281,6 +283,16 @@ def test_lm_adapt_continues_a_checkpoint(span_run, cache_dir, tmp_path):
     summary = pretrain(tiny_config(objective="lm-adapt", steps=4), cache_dir, tmp_path / "lm", init_from=span_run[0])
     assert summary["complete"] and summary["init_from"] == str(span_run[0])
     assert np.isfinite(summary["val_loss"]) and np.isfinite(summary["encoder_gap"])
+
+
+def test_a_second_lm_adaptation_round_is_carded_with_its_whole_lineage(span_run, cache_dir, tmp_path):
+    first = tmp_path / "lm"
+    pretrain(tiny_config(objective="lm-adapt", steps=2), cache_dir, first, init_from=span_run[0], command="round one")
+    pretrain(tiny_config(objective="lm-adapt", steps=2, seed=1), cache_dir, tmp_path / "lm-2", init_from=first, command="round two")
+    stages = lineage(tmp_path / "lm-2")
+    assert list(stages) == ["span-corruption", "lm-adapt", "lm-adapt (round 2)"]
+    card = write_lineage_card(tmp_path / "lm-2", load_cache(cache_dir).meta).read_text()
+    assert card.index("pytest") < card.index("round one") < card.index("round two") and "lm-adapt (round 2)" in card
 
 
 def test_wall_clock_limit_stops_cleanly(cache_dir, tokenizer_dir, tmp_path):

@@ -167,7 +167,7 @@ def pretrain_configs(args: argparse.Namespace):
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from .pretrain import BackboneConfig, TokenizerConfig, build_backbone, package_checkpoint, pretrain
+    from .pretrain import BackboneConfig, TokenizerConfig, build_backbone, load_cache, package_checkpoint, pretrain, write_lineage_card
     from .pretrain.corpus import task_inputs
 
     span, lm = pretrain_configs(args)
@@ -181,12 +181,15 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         if not args.init_from:
             raise SoftpromptError("pretrain package needs --init-from CHECKPOINT")
         result = {"packaged": str(package_checkpoint(args.init_from, args.output))}
-    elif args.stage == "span-corruption":
-        result = pretrain(span, args.cache, args.output, tokenizer_dir=args.tokenizer, command=command)
     else:
-        if not args.init_from:
+        if args.stage == "span-corruption":
+            result = pretrain(span, args.cache, args.output, tokenizer_dir=args.tokenizer, command=command)
+        elif not args.init_from:
             raise SoftpromptError("pretrain lm-adapt needs --init-from CHECKPOINT")
-        result = pretrain(lm, args.cache, args.output, init_from=args.init_from, command=command)
+        else:
+            result = pretrain(lm, args.cache, args.output, init_from=args.init_from, command=command)
+        if result["complete"]:
+            write_lineage_card(args.output, load_cache(args.cache).meta)
     print(json.dumps(result, default=str))
 
 

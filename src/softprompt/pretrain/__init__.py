@@ -21,14 +21,14 @@ from transformers import PreTrainedTokenizerBase
 from ..errors import SoftpromptError
 from .card import write_model_card
 from .corpus import CorpusCache, CorpusConfig, CorpusSource, build_cache, is_cache_folder, load_cache, read_documents
-from .loop import PretrainConfig, package_checkpoint, pretrain
+from .loop import PretrainConfig, package_checkpoint, pretrain, read_summary
 from .presets import PRESETS, build_model, parameter_count
 from .tokenizer import TokenizerConfig, is_tokenizer_folder, load_tokenizer, train_and_save
 
 __all__ = [
     "BackboneConfig", "CorpusCache", "CorpusConfig", "CorpusSource", "PRESETS", "PretrainConfig", "TokenizerConfig",
-    "build_backbone", "build_corpus_cache", "build_model", "load_cache", "load_tokenizer", "package_checkpoint", "parameter_count",
-    "pretrain", "train_tokenizer",
+    "build_backbone", "build_corpus_cache", "build_model", "lineage", "load_cache", "load_tokenizer", "package_checkpoint",
+    "parameter_count", "pretrain", "train_tokenizer", "write_lineage_card",
 ]
 
 Source = str | os.PathLike | CorpusSource
@@ -93,12 +93,38 @@ def build_backbone(out_dir: str | os.PathLike, sources: Sequence[Source], config
     stages["span-corruption"] = _stage(config.span_corruption, "span-corruption", cache_dir, span_dir, command,
                                        tokenizer_dir=tokenizer_dir)
     if stages["span-corruption"]["complete"]:
-        write_model_card(span_dir, stages, corpus_meta, command)
+        write_lineage_card(span_dir, corpus_meta)
         stages["lm-adapt"] = _stage(config.lm_adapt, "lm-adapt", cache_dir, lm_dir, command, init_from=span_dir)
     complete = all(s["complete"] for s in stages.values()) and len(stages) == 2
     if complete:
-        write_model_card(lm_dir, stages, corpus_meta, command)
+        write_lineage_card(lm_dir, corpus_meta)
     return {"checkpoint": str(lm_dir if complete else span_dir), "complete": complete, "stages": stages}
+
+
+def lineage(checkpoint: str | os.PathLike) -> dict[str, dict]:
+    """The summaries of every stage that made `checkpoint`, oldest first, found by following `init_from`.
+
+    A later LM-adaptation round continuing an LM-adapted checkpoint is named "lm-adapt (round 2)" and so on.
+    The chain stops where a folder no longer holds a summary (moved, or a hub checkpoint).
+    """
+    chain, folder = [], Path(checkpoint)
+    while (summary := read_summary(folder)) is not None:
+        chain.append(summary)
+        if not summary.get("init_from"):
+            break
+        folder = Path(summary["init_from"])
+    stages: dict[str, dict] = {}
+    for summary in reversed(chain):
+        rounds = sum(1 for s in stages.values() if s["objective"] == summary["objective"])
+        stages[summary["objective"] + (f" (round {rounds + 1})" if rounds else "")] = summary
+    return stages
+
+
+def write_lineage_card(checkpoint: str | os.PathLike, corpus_meta: dict) -> Path:
+    """The model card of `checkpoint`: every stage of its lineage and the commands that ran them, in order."""
+    stages = lineage(checkpoint)
+    commands = list(dict.fromkeys(s.get("command") or "" for s in stages.values()))
+    return write_model_card(checkpoint, stages, corpus_meta, "\n".join(c for c in commands if c))
 
 
 def _stage(config: PretrainConfig, objective: str, cache_dir: Path, run_dir: Path, command: str, **paths) -> dict:

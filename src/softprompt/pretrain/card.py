@@ -50,7 +50,7 @@ def model_card(stages: dict[str, dict], corpus: dict, command: str) -> str:
         ("Pretrained from scratch with span corruption (T5), then LM-adapted with a prefix-LM objective"
          " (Lester et al. 2021), as prompt tuning needs." if "lm-adapt" in stages else
          "Pretrained from scratch with span corruption (T5) only: the paper's span-corruption baseline, before"
-         " LM adaptation.") + " Built by `softprompt.pretrain.build_backbone`.",
+         " LM adaptation.") + " Built by `softprompt pretrain` (the commands below).",
         "",
         "## Model",
         f"- {_fmt(last['parameters'])} parameters; d_model {arch['d_model']}, d_ff {arch['d_ff']}, "

@@ -210,6 +210,21 @@ def test_wikiextractor_cache_strips_doc_lines(tokenizer_dir, tmp_path):
     assert cache.train.dtype == np.uint16 and meta["tokens"]["train"] == cache.train.size
 
 
+
+def test_cli_cache_stage_tokenises_task_inputs_with_an_existing_tokenizer(tokenizer_dir, tmp_path, capsys):
+    from softprompt.cli import main
+    from softprompt.tasks import get_task
+
+    out = tmp_path / "sst2-cache"
+    assert main(["pretrain", "cache", "--tokenizer", str(tokenizer_dir), "--task-inputs", "sst2",
+                 "--data-dir", str(DATA_DIR), "--output", str(out)]) == 0
+    documents = json.loads(capsys.readouterr().out)["documents"]
+    assert documents["train"] + documents["val"] == len(get_task("sst2").load("train", DATA_DIR))  # every input, once
+    cache = load_cache(out, AutoTokenizer.from_pretrained(tokenizer_dir))
+    assert cache.train.size > 0 and cache.val.size > 0
+    assert main(["pretrain", "cache", "--task-inputs", "sst2", "--data-dir", str(DATA_DIR), "--output", str(tmp_path / "x")]) != 0
+    assert "needs --tokenizer" in capsys.readouterr().err
+
 # --- the loop --------------------------------------------------------------------------------------
 
 
@@ -285,14 +300,18 @@ def test_lm_adapt_continues_a_checkpoint(span_run, cache_dir, tmp_path):
     assert np.isfinite(summary["val_loss"]) and np.isfinite(summary["encoder_gap"])
 
 
-def test_a_second_lm_adaptation_round_is_carded_with_its_whole_lineage(span_run, cache_dir, tmp_path):
+def test_a_second_lm_adaptation_round_is_carded_with_its_whole_lineage(span_run, cache_dir, corpus_file, tokenizer_dir, tmp_path):
     first = tmp_path / "lm"
     pretrain(tiny_config(objective="lm-adapt", steps=2), cache_dir, first, init_from=span_run[0], command="round one")
-    pretrain(tiny_config(objective="lm-adapt", steps=2, seed=1), cache_dir, tmp_path / "lm-2", init_from=first, command="round two")
+    other_cache = tmp_path / "other-cache"  # a later round may adapt on other text (e.g. a task's inputs)
+    build_corpus_cache([corpus_file], tokenizer_dir, other_cache, CorpusConfig(val_fraction=0.1))
+    pretrain(tiny_config(objective="lm-adapt", steps=2, seed=1), other_cache, tmp_path / "lm-2", init_from=first, command="round two")
     stages = lineage(tmp_path / "lm-2")
     assert list(stages) == ["span-corruption", "lm-adapt", "lm-adapt (round 2)"]
-    card = write_lineage_card(tmp_path / "lm-2", load_cache(cache_dir).meta).read_text()
+    card = write_lineage_card(tmp_path / "lm-2", load_cache(other_cache).meta).read_text()
     assert card.index("pytest") < card.index("round one") < card.index("round two") and "lm-adapt (round 2)" in card
+    rows = [line for line in card.splitlines() if line.startswith("| ") and "objective" not in line]
+    assert str(cache_dir) in rows[0] and str(cache_dir) in rows[1] and str(other_cache) in rows[2]
 
 
 def test_wall_clock_limit_stops_cleanly(cache_dir, tokenizer_dir, tmp_path):

@@ -167,7 +167,8 @@ def pretrain_configs(args: argparse.Namespace):
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from .pretrain import BackboneConfig, TokenizerConfig, build_backbone, load_cache, package_checkpoint, pretrain, write_lineage_card
+    from .pretrain import (BackboneConfig, TokenizerConfig, build_backbone, build_corpus_cache, load_cache, package_checkpoint,
+                           pretrain, write_lineage_card)
     from .pretrain.corpus import task_inputs
 
     span, lm = pretrain_configs(args)
@@ -177,6 +178,11 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
             raise SoftpromptError("pretrain backbone needs at least one --corpus")
         config = BackboneConfig(tokenizer=TokenizerConfig(vocab_size=args.vocab_size), span_corruption=span, lm_adapt=lm)
         result = build_backbone(args.output, args.corpus, config, task_inputs(args.task_inputs, args.data_dir), command)
+    elif args.stage == "cache":
+        if not args.tokenizer:
+            raise SoftpromptError("pretrain cache needs --tokenizer (a tokenizer or checkpoint folder)")
+        meta = build_corpus_cache(args.corpus, args.tokenizer, args.output, extra_texts=task_inputs(args.task_inputs, args.data_dir))
+        result = {"cache": args.output, "tokens": meta["tokens"], "documents": meta["documents"]}
     elif args.stage == "package":
         if not args.init_from:
             raise SoftpromptError("pretrain package needs --init-from CHECKPOINT")
@@ -197,15 +203,16 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
     from .pretrain import PRESETS, PretrainConfig, TokenizerConfig
 
     d = PretrainConfig()
-    p.add_argument("stage", choices=("backbone", "span-corruption", "lm-adapt", "package"),
+    p.add_argument("stage", choices=("backbone", "cache", "span-corruption", "lm-adapt", "package"),
                    help="backbone: every stage (tokenizer, cache, span corruption, LM adaptation), skipping complete ones; "
+                        "cache: tokenise a corpus with an existing --tokenizer (e.g. a task's inputs for further LM adaptation); "
                         "package: copy a checkpoint in float16 for shipping")
     p.add_argument("--output", required=True, help="output folder (backbone: holds one subfolder per stage)")
     p.add_argument("--corpus", action="append", default=[], help="text, WikiExtractor or JSONL file/folder; repeatable")
     p.add_argument("--task-inputs", action="append", default=[], help="add the unlabeled inputs of this task's train split; repeatable")
     p.add_argument("--data-dir", help="task data (default $SOFTPROMPT_DATA_DIR)")
     p.add_argument("--cache", help="span-corruption / lm-adapt: a corpus cache folder")
-    p.add_argument("--tokenizer", help="span-corruption: a tokenizer folder")
+    p.add_argument("--tokenizer", help="span-corruption, cache: a tokenizer (or checkpoint) folder")
     p.add_argument("--init-from", help="lm-adapt: the checkpoint to continue; package: the checkpoint to copy")
     p.add_argument("--size", choices=sorted(PRESETS), default=d.model, help="model size preset (default: %(default)s)")
     p.add_argument("--vocab-size", type=int, default=TokenizerConfig().vocab_size, help="(default: %(default)s)")

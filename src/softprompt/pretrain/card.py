@@ -17,11 +17,13 @@ def _fmt(value: object, digits: int = 3) -> str:
 
 
 def _stage_rows(stages: dict[str, dict]) -> list[str]:
-    rows = ["| stage | objective | steps | tokens seen (in + out) | final train loss | val loss | val ppl | encoder gap | wall time | device |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| stage | objective | corpus cache (train tokens) | steps | tokens seen (in + out) | final train loss | val loss "
+            "| val ppl | encoder gap | wall time | device |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in stages.items():
         tokens = s["tokens_seen"]["inputs"] + s["tokens_seen"]["targets"]
-        rows.append(f"| {name} | {s['objective']} | {_fmt(s['steps'])} | {_fmt(tokens)} | {_fmt(s['final_train_loss'])} "
+        cache = f"{s['cache']['folder']} ({_fmt(s['cache']['tokens']['train'])})"
+        rows.append(f"| {name} | {s['objective']} | {cache} | {_fmt(s['steps'])} | {_fmt(tokens)} | {_fmt(s['final_train_loss'])} "
                     f"| {_fmt(s['val_loss'])} | {_fmt(s['val_ppl'], 2)} | {_fmt(s['encoder_gap'])} "
                     f"| {s['wall_time_s'] / 60:.1f} min | {s['device']} |")
     return rows
@@ -58,7 +60,7 @@ def model_card(stages: dict[str, dict], corpus: dict, command: str) -> str:
         f"{arch['feed_forward_proj']}; vocabulary {_fmt(arch['vocab_size'])} ids (100 sentinels at the top)",
         "- load: `T5ForConditionalGeneration.from_pretrained(folder)`, `AutoTokenizer.from_pretrained(folder)`",
         "",
-        "## Corpus",
+        f"## Corpus (of the last stage: {last['cache']['folder']})",
         *_corpus_lines(corpus),
         "",
         "## Training",

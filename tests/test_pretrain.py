@@ -210,7 +210,6 @@ def test_wikiextractor_cache_strips_doc_lines(tokenizer_dir, tmp_path):
     assert cache.train.dtype == np.uint16 and meta["tokens"]["train"] == cache.train.size
 
 
-
 def test_cli_cache_stage_tokenises_task_inputs_with_an_existing_tokenizer(tokenizer_dir, tmp_path, capsys):
     from softprompt.cli import main
     from softprompt.tasks import get_task
@@ -224,6 +223,7 @@ def test_cli_cache_stage_tokenises_task_inputs_with_an_existing_tokenizer(tokeni
     assert cache.train.size > 0 and cache.val.size > 0
     assert main(["pretrain", "cache", "--task-inputs", "sst2", "--data-dir", str(DATA_DIR), "--output", str(tmp_path / "x")]) != 0
     assert "needs --tokenizer" in capsys.readouterr().err
+
 
 # --- the loop --------------------------------------------------------------------------------------
 

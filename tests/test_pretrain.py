@@ -29,6 +29,7 @@ from softprompt.pretrain import (
     load_cache,
     parameter_count,
     pretrain,
+    read_cache_meta,
     train_tokenizer,
     write_lineage_card,
 )
@@ -308,7 +309,9 @@ def test_a_second_lm_adaptation_round_is_carded_with_its_whole_lineage(span_run,
     pretrain(tiny_config(objective="lm-adapt", steps=2, seed=1), other_cache, tmp_path / "lm-2", init_from=first, command="round two")
     stages = lineage(tmp_path / "lm-2")
     assert list(stages) == ["span-corruption", "lm-adapt", "lm-adapt (round 2)"]
-    card = write_lineage_card(tmp_path / "lm-2", load_cache(other_cache).meta).read_text()
+    meta = read_cache_meta(other_cache)  # the card needs corpus.json only, not the token arrays
+    assert meta == load_cache(other_cache).meta
+    card = write_lineage_card(tmp_path / "lm-2", meta).read_text()
     assert card.index("pytest") < card.index("round one") < card.index("round two") and "lm-adapt (round 2)" in card
     rows = [line for line in card.splitlines() if line.startswith("| ") and "objective" not in line]
     assert str(cache_dir) in rows[0] and str(cache_dir) in rows[1] and str(other_cache) in rows[2]
@@ -361,6 +364,8 @@ def test_cache_made_with_another_tokenizer(cache_dir, corpus_file, tmp_path):
     train_tokenizer([corpus_file], other, TokenizerConfig(vocab_size=VOCAB - 50))
     with pytest.raises(SoftpromptError, match="another tokenizer"):
         pretrain(tiny_config(steps=2), cache_dir, tmp_path / "run", tokenizer_dir=other)
+    with pytest.raises(SoftpromptError, match="another tokenizer"):
+        read_cache_meta(cache_dir, AutoTokenizer.from_pretrained(other))
 
 
 def test_packaged_checkpoint_is_half_precision_and_loads_for_prompt_tuning(span_run, tmp_path):

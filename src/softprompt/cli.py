@@ -167,8 +167,8 @@ def pretrain_configs(args: argparse.Namespace):
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from .pretrain import (BackboneConfig, TokenizerConfig, build_backbone, build_corpus_cache, load_cache, package_checkpoint,
-                           pretrain, write_lineage_card)
+    from .pretrain import (BackboneConfig, TokenizerConfig, build_backbone, build_corpus_cache, package_checkpoint,
+                           pretrain, read_cache_meta, write_lineage_card)
     from .pretrain.corpus import task_inputs
 
     span, lm = pretrain_configs(args)
@@ -195,7 +195,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         else:
             result = pretrain(lm, args.cache, args.output, init_from=args.init_from, command=command)
         if result["complete"]:
-            write_lineage_card(args.output, load_cache(args.cache).meta)
+            write_lineage_card(args.output, read_cache_meta(args.cache))
     print(json.dumps(result, default=str))
 
 

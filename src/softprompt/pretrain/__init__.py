@@ -20,7 +20,8 @@ from transformers import PreTrainedTokenizerBase
 
 from ..errors import SoftpromptError
 from .card import write_model_card
-from .corpus import CorpusCache, CorpusConfig, CorpusSource, build_cache, is_cache_folder, load_cache, read_documents
+from .corpus import (CorpusCache, CorpusConfig, CorpusSource, build_cache, is_cache_folder, load_cache, read_cache_meta,
+                     read_documents)
 from .loop import PretrainConfig, package_checkpoint, pretrain, read_summary
 from .presets import PRESETS, build_model, parameter_count
 from .tokenizer import TokenizerConfig, is_tokenizer_folder, load_tokenizer, train_and_save
@@ -28,7 +29,7 @@ from .tokenizer import TokenizerConfig, is_tokenizer_folder, load_tokenizer, tra
 __all__ = [
     "BackboneConfig", "CorpusCache", "CorpusConfig", "CorpusSource", "PRESETS", "PretrainConfig", "TokenizerConfig",
     "build_backbone", "build_corpus_cache", "build_model", "lineage", "load_cache", "load_tokenizer", "package_checkpoint",
-    "parameter_count", "pretrain", "train_tokenizer", "write_lineage_card",
+    "parameter_count", "pretrain", "read_cache_meta", "train_tokenizer", "write_lineage_card",
 ]
 
 Source = str | os.PathLike | CorpusSource
@@ -88,7 +89,7 @@ def build_backbone(out_dir: str | os.PathLike, sources: Sequence[Source], config
         if not is_tokenizer_folder(tokenizer_dir):
             train_and_save(documents, tokenizer_dir, config.tokenizer)
         build_cache(documents, stats, load_tokenizer(tokenizer_dir), cache_dir, config.corpus)
-    corpus_meta = load_cache(cache_dir, load_tokenizer(tokenizer_dir)).meta
+    corpus_meta = read_cache_meta(cache_dir, load_tokenizer(tokenizer_dir))
     stages: dict[str, dict] = {}
     stages["span-corruption"] = _stage(config.span_corruption, "span-corruption", cache_dir, span_dir, command,
                                        tokenizer_dir=tokenizer_dir)

@@ -255,8 +255,10 @@ def is_cache_folder(folder: str | os.PathLike) -> bool:
     return (Path(folder) / "corpus.json").is_file()
 
 
-def load_cache(folder: str | os.PathLike, tokenizer: PreTrainedTokenizerBase | None = None) -> CorpusCache:
-    """Read a cache folder; with `tokenizer`, check that the cache was made with it.
+def read_cache_meta(folder: str | os.PathLike, tokenizer: PreTrainedTokenizerBase | None = None) -> dict:
+    """corpus.json of a cache folder, without loading its token arrays (a model card needs only this).
+
+    With `tokenizer`, checks that the cache was made with it.
 
     Raises SoftpromptError if the folder is not a complete cache or was made with another tokenizer.
     """
@@ -271,6 +273,13 @@ def load_cache(folder: str | os.PathLike, tokenizer: PreTrainedTokenizerBase | N
             f"{folder / 'corpus.json'}: made with another tokenizer (vocabulary {meta['vocab_size']} ids, "
             f"fingerprint {meta['tokenizer_fingerprint']}; this one has {len(tokenizer)} ids, {tok_lib.fingerprint(tokenizer)})"
         )
+    return meta
+
+
+def load_cache(folder: str | os.PathLike, tokenizer: PreTrainedTokenizerBase | None = None) -> CorpusCache:
+    """Read a cache folder's token arrays and corpus.json (checked as `read_cache_meta` does)."""
+    meta = read_cache_meta(folder, tokenizer)
+    folder = Path(folder)
     try:
         train, val = np.load(folder / "train.npy"), np.load(folder / "val.npy")
     except (OSError, ValueError) as e:

@@ -317,6 +317,20 @@ def test_a_second_lm_adaptation_round_is_carded_with_its_whole_lineage(span_run,
     assert str(cache_dir) in rows[0] and str(cache_dir) in rows[1] and str(other_cache) in rows[2]
 
 
+def test_cli_span_corruption_can_continue_a_checkpoint(span_run, cache_dir, tmp_path, capsys):
+    from softprompt.cli import main
+
+    out = tmp_path / "span-2"  # e.g. further span corruption on a task's unlabeled inputs
+    assert main(["pretrain", "span-corruption", "--init-from", str(span_run[0]), "--cache", str(cache_dir),
+                 "--output", str(out), "--size", "tiny", "--batch-size", "8", "--inputs-length", "64",
+                 "--span-steps", "2", "--lr", "3e-3", "--warmup-steps", "1", "--device", "cpu", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["complete"] and summary["init_from"] == str(span_run[0])
+    assert summary["val_loss"] < span_run[1]["val_loss"] + 0.5  # continued the trained model, not a fresh one
+    assert list(lineage(out)) == ["span-corruption", "span-corruption (round 2)"]
+    assert "span-corruption (round 2)" in (out / "README.md").read_text()
+
+
 def test_wall_clock_limit_stops_cleanly(cache_dir, tokenizer_dir, tmp_path):
     stopped = pretrain(tiny_config(steps=50, max_minutes=1e-6), cache_dir, tmp_path / "run", tokenizer_dir=tokenizer_dir)
     assert not stopped["complete"] and stopped["steps"] == 1

@@ -189,7 +189,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         result = {"packaged": str(package_checkpoint(args.init_from, args.output))}
     else:
         if args.stage == "span-corruption":
-            result = pretrain(span, args.cache, args.output, tokenizer_dir=args.tokenizer, command=command)
+            result = pretrain(span, args.cache, args.output, tokenizer_dir=args.tokenizer, init_from=args.init_from,
+                              command=command)
         elif not args.init_from:
             raise SoftpromptError("pretrain lm-adapt needs --init-from CHECKPOINT")
         else:
@@ -213,7 +214,8 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="task data (default $SOFTPROMPT_DATA_DIR)")
     p.add_argument("--cache", help="span-corruption / lm-adapt: a corpus cache folder")
     p.add_argument("--tokenizer", help="span-corruption, cache: a tokenizer (or checkpoint) folder")
-    p.add_argument("--init-from", help="lm-adapt: the checkpoint to continue; package: the checkpoint to copy")
+    p.add_argument("--init-from", help="lm-adapt (required), span-corruption (optional, e.g. further pretraining on a task's inputs): "
+                        "the checkpoint to continue; package: the checkpoint to copy")
     p.add_argument("--size", choices=sorted(PRESETS), default=d.model, help="model size preset (default: %(default)s)")
     p.add_argument("--vocab-size", type=int, default=TokenizerConfig().vocab_size, help="(default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")

@@ -105,7 +105,8 @@ def build_backbone(out_dir: str | os.PathLike, sources: Sequence[Source], config
 def lineage(checkpoint: str | os.PathLike) -> dict[str, dict]:
     """The summaries of every stage that made `checkpoint`, oldest first, found by following `init_from`.
 
-    A later LM-adaptation round continuing an LM-adapted checkpoint is named "lm-adapt (round 2)" and so on.
+    A later round of an objective already in the chain is named "lm-adapt (round 2)", "span-corruption (round 2)"
+    and so on.
     The chain stops where a folder no longer holds a summary (moved, or a hub checkpoint).
     """
     chain, folder = [], Path(checkpoint)

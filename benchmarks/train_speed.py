@@ -211,10 +211,10 @@ def run_softprompt(args: argparse.Namespace, work: Path, plan: dict, device: tor
     if not torch.equal(model.prompt_parameters()[0].detach().cpu(), torch.load(work / "init_prompt.pt")):
         raise RuntimeError("softprompt's initial prompt differs from the one given to PEFT")
     features = encoder.encode_all(task.load("train", data_dir(args.data_dir)), f"{TASK} train")
-    check = BatchStream(features, args.batch_size, args.seed)
+    check = BatchStream(features, args.batch_size, args.seed, group_by_length=True)
     if [check.next() for _ in plan["grouped"]] != [[features[i] for i in b] for b in plan["grouped"]]:
         raise RuntimeError("BatchStream does not yield the planned batches")
-    stream = BatchStream(features, args.batch_size, args.seed)
+    stream = BatchStream(features, args.batch_size, args.seed, group_by_length=True)
     optimizer = make_optimizer(model.prompt_parameters(), config)
     pad_id, seq2seq = model.tokenizer.pad_token_id, model.is_encoder_decoder
     model.train()

@@ -11,12 +11,12 @@ import torch
 from safetensors.torch import load_file
 
 from softprompt.config import PromptConfig, TrainConfig
-from softprompt.data import Encoder, collate
+from softprompt.data import Encoder, Features, collate
 from softprompt.model import PromptedModel, load_backbone
 from softprompt.prompt import SoftPrompt
 from softprompt.prompt_io import load_prompt
 from softprompt.tasks import get_task
-from softprompt.train import build_model, train
+from softprompt.train import BatchStream, build_model, train
 
 
 def tiny_config(model: Path, output: Path, **overrides) -> TrainConfig:
@@ -24,6 +24,21 @@ def tiny_config(model: Path, output: Path, **overrides) -> TrainConfig:
                   batch_size=4, eval_every=3, eval_examples=8, checkpoint_every=1, log_every=1, seed=3)
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def test_batches_grouped_by_length_or_random():
+    rng = torch.Generator().manual_seed(0)
+    features = [Features(list(range(n)), [1]) for n in torch.randint(1, 200, (3200,), generator=rng).tolist()]
+
+    def one_epoch(group_by_length: bool) -> list[list[Features]]:
+        stream = BatchStream(features, 32, seed=0, group_by_length=group_by_length)
+        return [stream.next() for _ in range(100)]
+
+    for group_by_length in (True, False):
+        seen = sorted(id(f) for batch in one_epoch(group_by_length) for f in batch)
+        assert seen == sorted(map(id, features))  # every example once per epoch
+    spread = {g: sum(max(f.length for f in b) - min(f.length for f in b) for b in one_epoch(g)) / 100 for g in (True, False)}
+    assert spread[True] < 20 < 150 < spread[False]  # similar lengths together, or random draws of the whole range
 
 
 def test_backbone_bit_identical_after_training(saved_backbone, tmp_path, data_dir):

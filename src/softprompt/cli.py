@@ -45,7 +45,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
     config = TrainConfig(
         task=args.task or defaults.task, model=args.model, output=args.output, data_dir=args.data_dir, prompt=prompt,
-        max_steps=args.max_steps, max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr,
+        max_steps=args.max_steps, max_minutes=args.max_minutes, batch_size=args.batch_size,
+        group_by_length=args.group_by_length, lr=args.lr,
         train_examples=args.train_examples, eval_every=args.eval_every, eval_examples=args.eval_examples, eval_method=args.eval_method,
         max_input_length=args.max_input_length, max_target_length=args.max_target_length,
         checkpoint_every=args.checkpoint_every, seed=args.seed, target_format=args.target_format,
@@ -257,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-steps", type=int, default=defaults.max_steps, help="(default: %(default)s)")
     t.add_argument("--max-minutes", type=float, help="stop cleanly after this much wall-clock time")
     t.add_argument("--batch-size", type=int, default=defaults.batch_size, help="(default: %(default)s)")
+    t.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=defaults.group_by_length,
+                   help="batches of similar input length, for less padding; --no-group-by-length: random batches (default: %(default)s)")
     t.add_argument("--lr", type=float, default=defaults.lr, help="Adafactor learning rate (default: %(default)s)")
     t.add_argument("--train-examples", type=int, help="train on the first N training examples only")
     t.add_argument("--eval-every", type=int, default=defaults.eval_every, help="steps between dev evaluations (default: %(default)s)")

@@ -35,6 +35,7 @@ class TrainConfig:
     max_steps: int = 30_000  # paper: 30,000 steps
     max_minutes: float | None = None  # wall-clock limit; the run ends cleanly with its best prompt
     batch_size: int = 32  # paper: batch 32
+    group_by_length: bool = True  # batches of similar length (less padding, faster); False: random batches
     lr: float = 0.3  # paper: constant learning rate 0.3, Adafactor
     weight_decay: float = 1e-5  # paper: weight decay 1e-5
     beta2_decay: float = 0.8  # paper: Adafactor beta2 decay 0.8 (parameter scaling off)

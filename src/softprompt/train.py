@@ -159,15 +159,17 @@ def restore_random_states(states: dict[str, Any]) -> None:
 
 
 class BatchStream:
-    """Endless length-grouped batches whose position (epoch, index) can be saved and restored."""
+    """Endless batches (length-grouped or random) whose position (epoch, index) can be saved and restored."""
 
-    def __init__(self, features: list[Features], batch_size: int, seed: int):
+    def __init__(self, features: list[Features], batch_size: int, seed: int, group_by_length: bool):
         self.features, self.batch_size, self.seed = features, batch_size, seed
+        self.group_factor = 50 if group_by_length else 1  # 1: each batch is a random draw
         self.epoch, self.index = 0, 0
         self._batches = self._epoch_batches()
 
     def _epoch_batches(self) -> list[list[int]]:
-        return length_grouped_batches([f.length for f in self.features], self.batch_size, self.seed, self.epoch)
+        lengths = [f.length for f in self.features]
+        return length_grouped_batches(lengths, self.batch_size, self.seed, self.epoch, self.group_factor)
 
     def next(self) -> list[Features]:
         if self.index >= len(self._batches):
@@ -200,7 +202,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     seed_everything(config.seed)
     model, encoder = build_model(config, task)
     features = encoder.encode_all(train_examples, f"{task.name} train")
-    stream = BatchStream(features, config.batch_size, config.seed)
+    stream = BatchStream(features, config.batch_size, config.seed, config.group_by_length)
     optimizer = make_optimizer(trainable_parameters(model, config), config)
     step, best_step, best_metrics = 0, -1, {}
 

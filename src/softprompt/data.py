@@ -116,7 +116,11 @@ def collate(batch: Sequence[Features], pad_id: int, is_encoder_decoder: bool, wi
     }
 
 
-def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, group_factor: int = 50) -> list[list[int]]:
+LENGTH_GROUP_FACTOR = 50  # batches whose examples are sorted by length together
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
+                           group_factor: int = LENGTH_GROUP_FACTOR) -> list[list[int]]:
     """One epoch's batches: shuffled, then grouped by similar length so padding stays small.
 
     Lengths are sorted within chunks of `group_factor` batches; `group_factor=1` gives random batches.

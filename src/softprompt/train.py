@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from transformers.optimization import Adafactor
 
 from .config import TrainConfig
-from .data import Encoder, Features, collate, length_grouped_batches
+from .data import LENGTH_GROUP_FACTOR, Encoder, Features, collate, length_grouped_batches
 from .errors import SoftpromptError
 from .evaluate import evaluate, to_device
 from .files import append_jsonl, atomic_folder, atomic_path, write_json_atomic
@@ -163,7 +163,7 @@ class BatchStream:
 
     def __init__(self, features: list[Features], batch_size: int, seed: int, group_by_length: bool):
         self.features, self.batch_size, self.seed = features, batch_size, seed
-        self.group_factor = 50 if group_by_length else 1  # 1: each batch is a random draw
+        self.group_factor = LENGTH_GROUP_FACTOR if group_by_length else 1  # 1: each batch is a random draw
         self.epoch, self.index = 0, 0
         self._batches = self._epoch_batches()
 

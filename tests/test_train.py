@@ -34,10 +34,10 @@ def test_batches_grouped_by_length_or_random():
         stream = BatchStream(features, 32, seed=0, group_by_length=group_by_length)
         return [stream.next() for _ in range(100)]
 
-    for group_by_length in (True, False):
-        seen = sorted(id(f) for batch in one_epoch(group_by_length) for f in batch)
-        assert seen == sorted(map(id, features))  # every example once per epoch
-    spread = {g: sum(max(f.length for f in b) - min(f.length for f in b) for b in one_epoch(g)) / 100 for g in (True, False)}
+    epochs = {g: one_epoch(g) for g in (True, False)}
+    for batches in epochs.values():
+        assert sorted(id(f) for batch in batches for f in batch) == sorted(map(id, features))  # every example once per epoch
+    spread = {g: sum(max(f.length for f in b) - min(f.length for f in b) for b in batches) / 100 for g, batches in epochs.items()}
     assert spread[True] < 20 < 150 < spread[False]  # similar lengths together, or random draws of the whole range
 
 

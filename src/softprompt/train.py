@@ -163,13 +163,13 @@ class BatchStream:
 
     def __init__(self, features: list[Features], batch_size: int, seed: int, group_by_length: bool):
         self.features, self.batch_size, self.seed = features, batch_size, seed
+        self.lengths = [f.length for f in features]
         self.group_factor = LENGTH_GROUP_FACTOR if group_by_length else 1  # 1: each batch is a random draw
         self.epoch, self.index = 0, 0
         self._batches = self._epoch_batches()
 
     def _epoch_batches(self) -> list[list[int]]:
-        lengths = [f.length for f in self.features]
-        return length_grouped_batches(lengths, self.batch_size, self.seed, self.epoch, self.group_factor)
+        return length_grouped_batches(self.lengths, self.batch_size, self.seed, self.epoch, self.group_factor)
 
     def next(self) -> list[Features]:
         if self.index >= len(self._batches):

@@ -1,5 +1,6 @@
 """The training loop on tiny backbones and real data: frozen backbone, learning, exact resume."""
 
+import json
 import os
 import signal
 import subprocess
@@ -7,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -119,3 +121,23 @@ def test_model_tuning_baseline_trains_every_weight(saved_backbone, tmp_path, dat
     assert len(changed) > len(list(before.parameters())) // 2
     model = PromptedModel(tuned, tokenizer)
     assert model.load_prompt(result.output, "cb") == "cb", "the empty prompt matches the tuned backbone's fingerprint"
+
+
+@pytest.mark.parametrize("kind", ["t5"])  # one family: compiling costs about a minute on this CPU
+def test_compiled_backbone_trains_like_eager(saved_backbone, tmp_path, data_dir):
+    """--compile only changes speed: the same losses, dev metrics and prompt as the eager run."""
+    graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    runs = {}
+    for compiled in (False, True):
+        config = tiny_config(saved_backbone, tmp_path / f"compile-{compiled}", task="sst2", data_dir=str(data_dir),
+                             max_steps=4, eval_every=2, compile=compiled)
+        runs[compiled] = train(config, progress=False).output
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs_before, "the compiled run compiled nothing"
+    logs = {c: [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()] for c, out in runs.items()}
+    assert len(logs[False]) == len(logs[True]) == 6  # 4 losses, 2 evaluations
+    for eager, compiled in zip(logs[False], logs[True]):
+        assert eager.keys() == compiled.keys() and eager["step"] == compiled["step"]
+        assert abs(eager.get("loss", 0) - compiled.get("loss", 0)) < 1e-3 and eager.get("eval") == compiled.get("eval")
+    prompts = {c: torch.load(out / "checkpoint.pt", weights_only=False)["trainable"] for c, out in runs.items()}
+    assert prompts[False].keys() == prompts[True].keys()
+    assert all(torch.allclose(prompts[False][k], prompts[True][k], atol=1e-3) for k in prompts[False])

@@ -51,6 +51,7 @@ class TrainConfig:
     seed: int = 0
     target_format: str = "plain"  # "sentinel" = <extra_id_0> before every target (§3.3)
     device: str = "auto"
+    compile: bool = False  # torch.compile the backbone: faster steps after a minute or two of compiling
     task_spec: dict[str, Any] | None = None  # a custom task's CustomTaskSpec fields
     tune: str = "prompt"  # "prompt" (the method) or "model": the model-tuning baseline, every weight trains
 

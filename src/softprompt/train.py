@@ -40,7 +40,7 @@ from .tasks.custom import CustomTaskSpec, custom_task
 RUN_FILE, CHECKPOINT_FILE, LOG_FILE, RESULT_FILE = "run.json", "checkpoint.pt", "metrics.jsonl", "result.json"
 TUNED_BACKBONE_DIR = "backbone"
 # Fields that may change when a run is resumed; any other difference means a different run.
-RESUMABLE_FIELDS = {"max_steps", "max_minutes", "eval_batch_size", "log_every", "device"}
+RESUMABLE_FIELDS = {"max_steps", "max_minutes", "eval_batch_size", "log_every", "device", "compile"}
 
 
 @dataclass
@@ -109,6 +109,8 @@ def build_model(config: TrainConfig, task: Task) -> tuple[PromptedModel, Encoder
     generator = torch.Generator().manual_seed(config.seed)
     weight = initial_prompt(config.prompt, model.embeddings.detach(), model.encode_words, model.common_token_ids(), task.class_words, generator)
     model.add_prompt(task.name, SoftPrompt(weight))
+    if config.compile:
+        model.backbone.compile(dynamic=True)  # in place: weights and saved files keep their names
     encoder = Encoder(tokenizer, model.is_encoder_decoder, config.max_input_length, config.max_target_length, config.target_format)
     return model.to(pick_device(config.device)), encoder
 

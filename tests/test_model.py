@@ -1,6 +1,7 @@
 import torch
 
 from softprompt.data import Encoder, collate
+from softprompt.evaluate import rank_scores, rank_texts
 from softprompt.prompt import SoftPrompt
 from softprompt.tasks.base import Example
 
@@ -92,3 +93,18 @@ def test_gradients_reach_prompt_only(prompted):
     assert all(w.grad is not None and w.grad.abs().sum() > 0 for w in prompted.prompt_parameters())
     for n, p in prompted.backbone.named_parameters():
         assert torch.equal(p, before[n])
+
+
+def test_rank_scores_follow_each_examples_own_candidates(prompted):
+    add_prompts(prompted)
+    feats = features(prompted, [0, 1, 0])
+    enc = Encoder(prompted.tokenizer, prompted.is_encoder_decoder)
+    candidates = [["negative", "positive"], ["positive", "neutral", "negative"], ["great"]]
+    scores = rank_scores(prompted, feats, candidates, enc, batch_size=2)  # two batches, longest example first
+    assert [len(s) for s in scores] == [2, 3, 1]
+    for f, options, row in zip(feats, candidates, scores):
+        for c, score in zip(options, row):
+            nll, _ = prompted(**batch_of(prompted, [type(f)(f.input_ids, enc.target_ids(c), f.prompt)]))
+            assert abs(score + nll[0].item()) < 1e-3, c
+    best = rank_texts(prompted, feats, candidates, enc, batch_size=2)
+    assert best == [options[row.index(max(row))] for options, row in zip(candidates, scores)]

@@ -44,8 +44,8 @@ def generate_texts(model: PromptedModel, features: Sequence[Features], encoder: 
 
 
 @torch.no_grad()
-def rank_texts(model: PromptedModel, features: Sequence[Features], candidates: Sequence[Sequence[str]], encoder: Encoder, batch_size: int, progress: bool = False) -> list[str]:
-    """The highest-likelihood candidate of each example, in the order of `features`."""
+def rank_scores(model: PromptedModel, features: Sequence[Features], candidates: Sequence[Sequence[str]], encoder: Encoder, batch_size: int, progress: bool = False) -> list[list[float]]:
+    """Each example's candidate log-likelihoods (summed over tokens), in the order of `features` and its candidates."""
     cache: dict[str, list[int]] = {}
 
     def ids(text: str) -> list[int]:
@@ -53,7 +53,7 @@ def rank_texts(model: PromptedModel, features: Sequence[Features], candidates: S
             cache[text] = encoder.target_ids(text)
         return cache[text]
 
-    best: list[str] = [""] * len(features)
+    scores: list[list[float]] = [[] for _ in features]
     batches = list(sorted_batches(features, batch_size))
     for idx in tqdm(batches, desc="rank", disable=not progress, leave=False):
         batch = collate([features[i] for i in idx], model.tokenizer.pad_token_id, model.is_encoder_decoder, with_labels=False)
@@ -61,11 +61,16 @@ def rank_texts(model: PromptedModel, features: Sequence[Features], candidates: S
         width = max(len(ids(c)) for _, c in pairs)
         cand_ids = torch.tensor([ids(c) + [-100] * (width - len(ids(c))) for _, c in pairs])  # (c, m)
         pair_example = torch.tensor([row for row, _ in pairs])  # (c,)
-        scores = model.score_candidates(**to_device(batch, model.device), pair_example=pair_example.to(model.device), candidate_ids=cand_ids.to(model.device)).cpu()
-        for row, i in enumerate(idx):
-            mine = (pair_example == row).nonzero().squeeze(1)
-            best[i] = pairs[int(mine[scores[mine].argmax()])][1]
-    return best
+        batch_scores = model.score_candidates(**to_device(batch, model.device), pair_example=pair_example.to(model.device), candidate_ids=cand_ids.to(model.device)).cpu()
+        for (row, _), score in zip(pairs, batch_scores.tolist()):
+            scores[idx[row]].append(score)
+    return scores
+
+
+def rank_texts(model: PromptedModel, features: Sequence[Features], candidates: Sequence[Sequence[str]], encoder: Encoder, batch_size: int, progress: bool = False) -> list[str]:
+    """The highest-likelihood candidate of each example, in the order of `features`."""
+    scores = rank_scores(model, features, candidates, encoder, batch_size, progress)
+    return [options[max(range(len(options)), key=row.__getitem__)] for options, row in zip(candidates, scores)]
 
 
 def evaluate(

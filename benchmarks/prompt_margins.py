@@ -24,19 +24,17 @@ from backbones import data_dir
 from measurement import environment, write_json
 from softprompt.data import Encoder
 from softprompt.evaluate import rank_scores
-from softprompt.model import PromptedModel, load_backbone
-from softprompt.prompt_io import load_prompt
+from softprompt.model import load_prompted_model
 from softprompt.tasks import get_task
 
 HERE = Path(__file__).resolve().parent
 
 
 def margin_report(prompt_dir: str, root: Path, batch_size: int) -> dict:
-    metadata = load_prompt(prompt_dir)[1]
+    model, metadata = load_prompted_model([prompt_dir])
     if not metadata.labels or len(metadata.labels) != 2:
         raise SystemExit(f"{prompt_dir}: a prompt for a two-label task is needed (labels: {metadata.labels})")
-    model = PromptedModel(*load_backbone(metadata.backbone), metadata.backbone).eval()
-    model.load_prompt(prompt_dir, metadata.task)
+    model.eval()
     task = get_task(metadata.task)
     examples = task.load("validation", root)
     encoder = Encoder(model.tokenizer, model.is_encoder_decoder, target_format=metadata.target_format)

@@ -56,28 +56,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(json.dumps({"output": str(result.output), "steps": result.steps, "best_step": result.best_step, "best": result.best_metrics}))
 
 
-def load_model_with_prompts(args: argparse.Namespace):
-    """The backbone named by --model (else by the first prompt's metadata) with every --prompt attached."""
-    from .model import PromptedModel, load_backbone
-    from .prompt_io import load_prompt
-
-    first = load_prompt(args.prompt[0].split("=", 1)[-1])[1]
-    name = args.model or first.backbone
-    backbone, tokenizer = load_backbone(name)
-    model = PromptedModel(backbone, tokenizer, name)
-    for spec in args.prompt:
-        prompt_name, _, directory = spec.rpartition("=")
-        model.load_prompt(directory, prompt_name or None, args.allow_other_backbone)
-    return model, first
-
-
 def cmd_eval(args: argparse.Namespace) -> None:
     from .data import Encoder
     from .evaluate import evaluate
+    from .model import load_prompted_model
     from .tasks import resolve_data_dir
     from .train import load_task
 
-    model, metadata = load_model_with_prompts(args)
+    model, metadata = load_prompted_model(args.prompt, args.model, args.allow_other_backbone)
     args.task = args.task or metadata.task
     task = load_task(TrainConfig(task=args.task, task_spec=custom_spec(args)))
     examples = task.load(args.split, resolve_data_dir(args.data_dir))[: args.examples]
@@ -116,8 +102,9 @@ def read_requests(args: argparse.Namespace, default_prompt: str) -> list[tuple[s
 def cmd_predict(args: argparse.Namespace) -> None:
     from .data import Encoder
     from .evaluate import predict
+    from .model import load_prompted_model
 
-    model, metadata = load_model_with_prompts(args)
+    model, metadata = load_prompted_model(args.prompt, args.model, args.allow_other_backbone)
     requests = read_requests(args, model.prompt_names[0])
     encoder = Encoder(model.tokenizer, model.is_encoder_decoder, target_format=metadata.target_format)
     outputs = predict(model, requests, encoder, args.method, args.batch_size, args.max_new_tokens)

@@ -70,7 +70,7 @@ def rank_scores(model: PromptedModel, features: Sequence[Features], candidates: 
 def rank_texts(model: PromptedModel, features: Sequence[Features], candidates: Sequence[Sequence[str]], encoder: Encoder, batch_size: int, progress: bool = False) -> list[str]:
     """The highest-likelihood candidate of each example, in the order of `features`."""
     scores = rank_scores(model, features, candidates, encoder, batch_size, progress)
-    return [options[max(range(len(options)), key=row.__getitem__)] for options, row in zip(candidates, scores)]
+    return [options[row.index(max(row))] for options, row in zip(candidates, scores)]  # ties: the first
 
 
 def evaluate(

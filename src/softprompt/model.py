@@ -259,6 +259,21 @@ class PromptedModel(nn.Module):
         return -nll
 
 
+def load_prompted_model(prompts: list[str], model: str | None = None, allow_other_backbone: bool = False) -> tuple[PromptedModel, PromptMetadata]:
+    """The backbone `model` (else the one the first prompt was trained on) wearing every saved prompt.
+
+    Each entry of `prompts` is a prompt directory or NAME=DIRECTORY; returns the model and the first
+    prompt's metadata.
+    """
+    first = load_prompt(prompts[0].split("=", 1)[-1])[1]
+    name = model or first.backbone
+    prompted = PromptedModel(*load_backbone(name), name)
+    for spec in prompts:
+        prompt_name, _, directory = spec.rpartition("=")
+        prompted.load_prompt(directory, prompt_name or None, allow_other_backbone)
+    return prompted, first
+
+
 def label_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example NLL sums and token counts, ignoring -100 labels: (b,), (b,)."""
     token_nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")  # (b, m)

@@ -77,6 +77,12 @@ def test_unknown_task(saved_backbone, tmp_path, capsys):
     one_error_line(code, err, "nosuchtask")
 
 
+def test_weight_average_decay_outside_0_1(saved_backbone, tmp_path, capsys):
+    code, _, err = run(capsys, *train_args(saved_backbone, tmp_path / "x"), "--ema-decay", "1.5")
+    one_error_line(code, err, "--ema-decay", "1.5")
+    assert not (tmp_path / "x").exists()
+
+
 def test_output_directory_holding_another_run(trained, saved_backbone, capsys):
     code, _, err = run(capsys, *train_args(saved_backbone, trained))
     one_error_line(code, err, str(trained), "--resume")

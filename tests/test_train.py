@@ -77,15 +77,28 @@ def test_trained_prompt_beats_its_initialisation(saved_backbone, tmp_path, data_
     assert saved["prompt"].shape == (5, 32)
 
 
+def test_weight_average_is_evaluated_and_saved(saved_backbone, tmp_path, data_dir):
+    """--ema-decay d: after one step the saved prompt is d * initial + (1 - d) * trained."""
+    def saved_prompt(name: str, **overrides) -> torch.Tensor:
+        config = tiny_config(saved_backbone, tmp_path / name, data_dir=str(data_dir), eval_every=1000, **overrides)
+        return load_file(str(train(config, progress=False).output / "prompt.safetensors"))["prompt"]
+
+    initial, stepped = saved_prompt("initial", max_steps=0), saved_prompt("stepped", max_steps=1)
+    averaged = saved_prompt("averaged", max_steps=1, ema_decay=0.75)
+    assert not torch.allclose(initial, stepped)
+    torch.testing.assert_close(averaged, 0.75 * initial + 0.25 * stepped)
+
+
 def run_cli(args, stderr_file: Path) -> subprocess.Popen:
     """The command line in a child process; its error output goes to a file so no pipe can fill."""
     return subprocess.Popen([sys.executable, "-m", "softprompt.cli", *args], stdout=subprocess.DEVNULL, stderr=stderr_file.open("w"))
 
 
-def test_resume_after_kill_equals_uninterrupted_run(saved_backbone, tmp_path, data_dir):
+@pytest.mark.parametrize("average", [[], ["--ema-decay", "0.9"]], ids=["last-step", "weight-average"])
+def test_resume_after_kill_equals_uninterrupted_run(saved_backbone, tmp_path, data_dir, average):
     common = ["train", "--model", str(saved_backbone), "--task", "cb", "--data-dir", str(data_dir), "--prompt-length", "4",
               "--max-steps", "24", "--batch-size", "4", "--eval-every", "10", "--eval-examples", "8",
-              "--checkpoint-every", "1", "--seed", "5", "--quiet"]
+              "--checkpoint-every", "1", "--seed", "5", "--quiet", *average]
     err = tmp_path / "stderr.txt"
     straight = run_cli([*common, "--output", str(tmp_path / "a")], err)
     assert straight.wait(timeout=300) == 0, err.read_text()
@@ -109,6 +122,8 @@ def test_resume_after_kill_equals_uninterrupted_run(saved_backbone, tmp_path, da
             a, b = torch.load(a_file, weights_only=False), torch.load(b_file, weights_only=False)
             assert a["trainable"].keys() == b["trainable"].keys() and a["step"] == b["step"] == 24
             assert all(torch.equal(a["trainable"][k], b["trainable"][k]) for k in a["trainable"])
+            assert (a["average"] is None) == (b["average"] is None) == (not average)
+            assert all(torch.equal(x, y) for x, y in zip(a["average"] or [], b["average"] or []))
 
 
 def test_model_tuning_baseline_trains_every_weight(saved_backbone, tmp_path, data_dir):

@@ -50,7 +50,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         train_examples=args.train_examples, eval_every=args.eval_every, eval_examples=args.eval_examples, eval_method=args.eval_method,
         max_input_length=args.max_input_length, max_target_length=args.max_target_length,
         checkpoint_every=args.checkpoint_every, seed=args.seed, target_format=args.target_format,
-        device=args.device, compile=args.compile, task_spec=custom_spec(args), tune=args.tune,
+        device=args.device, compile=args.compile, ema_decay=args.ema_decay, task_spec=custom_spec(args), tune=args.tune,
     )
     result = train(config, resume=args.resume, progress=not args.quiet)
     print(json.dumps({"output": str(result.output), "steps": result.steps, "best_step": result.best_step, "best": result.best_metrics}))
@@ -259,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--target-format", choices=TARGET_FORMATS, default=defaults.target_format, help="'sentinel' puts <extra_id_0> before targets (default: %(default)s)")
     t.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, cuda:1 ... (default: %(default)s)")
     t.add_argument("--compile", action="store_true", help="torch.compile the backbone: faster steps after a minute or two of compiling")
+    t.add_argument("--ema-decay", type=float, help="not in the paper: evaluate and keep a moving average of the trained weights, e.g. 0.99 (default: the last step's)")
     t.add_argument("--tune", choices=TUNE_MODES, default=defaults.tune,
                    help="prompt: prompt tuning; model: the model-tuning baseline, all weights train (default: %(default)s)")
     t.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")

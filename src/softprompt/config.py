@@ -52,6 +52,7 @@ class TrainConfig:
     target_format: str = "plain"  # "sentinel" = <extra_id_0> before every target (§3.3)
     device: str = "auto"
     compile: bool = False  # torch.compile the backbone: faster steps after a minute or two of compiling
+    ema_decay: float | None = None  # not in the paper: evaluate and keep a moving average of the trained weights (e.g. 0.99)
     task_spec: dict[str, Any] | None = None  # a custom task's CustomTaskSpec fields
     tune: str = "prompt"  # "prompt" (the method) or "model": the model-tuning baseline, every weight trains
 

@@ -62,7 +62,7 @@ def t5_config(name: str, vocab_size: int) -> T5Config:
         relative_attention_max_distance=128,  # T5
         dropout_rate=0.0,  # T5 1.1: no dropout in pretraining; fine-tuning may turn it back on
         layer_norm_epsilon=1e-6,  # T5
-        feed_forward_proj="gated-gelu",  # T5 1.1
+        feed_forward_proj="gated-gelu_pytorch_tanh",  # T5 1.1's gated GELU (tanh form, as "gelu_new"), in one fused kernel
         tie_word_embeddings=p.tie_embeddings,
         pad_token_id=0,
         eos_token_id=1,

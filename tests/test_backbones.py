@@ -23,18 +23,18 @@ def test_packaged_backbone_loads_and_runs(name):
 
 @pytest.mark.parametrize("name", ["packaged:default", "packaged:span-corruption"])
 def test_packaged_backbone_runs_the_gelu_it_was_trained_with(name):
-    """Trained with HF's `gelu_new`, shipped with torch's fused tanh GELU (faster): the logits must agree.
+    """Trained with HF's `gelu_new`, shipped with torch's fused tanh GELU (fewer kernels): the logits must agree.
 
     The exact (erf) GELU would move them by about 2e-3, so the tolerance tells the two forms apart.
     """
     folder = resolve_backbone_name(name)
     shipped, tokenizer = load_backbone(name)
-    trained = T5ForConditionalGeneration.from_pretrained(folder, dtype=torch.float32, dense_act_fn="gelu_new").eval()
+    trained = T5ForConditionalGeneration.from_pretrained(folder, dtype=torch.float32, dense_act_fn="gelu_new")
     assert shipped.config.dense_act_fn == "gelu_pytorch_tanh"
     inputs = tokenizer(["a gripping , funny film .", "the plot is thin and the acting worse ."], return_tensors="pt", padding=True)
     labels = tokenizer(["positive", "negative"], return_tensors="pt", padding=True).input_ids
     with torch.no_grad():
-        difference = shipped.float().eval()(**inputs, labels=labels).logits - trained(**inputs, labels=labels).logits
+        difference = shipped(**inputs, labels=labels).logits - trained(**inputs, labels=labels).logits
     assert difference.abs().max() < 1e-4
 
 

@@ -12,17 +12,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from softprompt.backbones import load_backbone
 from softprompt.config import PromptConfig, TrainConfig
-from softprompt.data import Encoder, Features, collate
-from softprompt.model import PromptedModel, load_backbone
-from softprompt.prompt import SoftPrompt
+from softprompt.data import BatchStream, Features, collate, encode_all
+from softprompt.errors import SoftpromptError
+from softprompt.model import PromptedModel, build_model
 from softprompt.prompt_io import load_prompt
+from softprompt.run import Stopper
 from softprompt.tasks import get_task
-from softprompt.train import BatchStream, build_model, train
+from softprompt.train import train
 
 
-def tiny_config(model: Path, output: Path, **overrides) -> TrainConfig:
-    values = dict(task="cb", model=str(model), output=str(output), prompt=PromptConfig(length=4), max_steps=6,
+def tiny_config(backbone_dir: Path, output: Path, **overrides) -> TrainConfig:
+    values = dict(task="cb", model=str(backbone_dir), output=str(output), prompt=PromptConfig(length=4), max_steps=6,
                   batch_size=4, eval_every=3, eval_examples=8, checkpoint_every=1, log_every=1, seed=3)
     values.update(overrides)
     return TrainConfig(**values)
@@ -44,35 +46,32 @@ def test_batches_grouped_by_length_or_random():
 
 
 def test_backbone_bit_identical_after_training(saved_backbone, tmp_path, data_dir):
-    before, _ = load_backbone(str(saved_backbone))
+    before = load_backbone(str(saved_backbone)).model
     result = train(tiny_config(saved_backbone, tmp_path / "run", data_dir=str(data_dir)), progress=False)
-    after, _ = load_backbone(str(saved_backbone))
+    after = load_backbone(str(saved_backbone)).model
     for (name, a), (_, b) in zip(before.state_dict().items(), after.state_dict().items()):
         assert torch.equal(a, b), name
     weight, metadata = load_prompt(result.output)
     assert weight.shape == (4, 32) and metadata.task == "cb" and metadata.labels == ["entailment", "contradiction", "neutral"]
 
 
-def mean_dev_nll(model: PromptedModel, encoder: Encoder, examples) -> float:
-    feats = encoder.encode_all(examples, "dev")
-    nll, count = model(**collate(feats, model.tokenizer.pad_token_id, model.is_encoder_decoder))
-    return float(nll.sum() / count.sum())
+def mean_dev_nll(model: PromptedModel, name: str, examples) -> float:
+    feats = encode_all(model.adapter, name, model.bank[name], examples, "dev")
+    with torch.no_grad():
+        return float(model(collate(model.adapter, feats)))
 
 
 def test_trained_prompt_beats_its_initialisation(saved_backbone, tmp_path, data_dir):
     config = tiny_config(saved_backbone, tmp_path / "run", task="sst2", data_dir=str(data_dir), max_steps=60, train_examples=2000,
                          batch_size=16, eval_every=1000, checkpoint_every=1000, prompt=PromptConfig(length=5, init="sampled-vocab"))
     result = train(config, progress=False)
-    backbone, tokenizer = load_backbone(str(saved_backbone))
-    model = PromptedModel(backbone, tokenizer).eval()
-    encoder = Encoder(tokenizer, model.is_encoder_decoder)
+    model = PromptedModel(load_backbone(str(saved_backbone))).eval()
     dev = get_task("sst2").load("validation", data_dir)[:64]
     model.load_prompt(result.output, "trained")
-    trained = mean_dev_nll(model, encoder, dev)
+    trained = mean_dev_nll(model, "trained", dev)
     saved = load_file(str(Path(result.output) / "prompt.safetensors"))
     fresh, _ = build_model(config, get_task("sst2"))  # the same seeded initial prompt, untrained
-    fresh.eval()
-    untrained = mean_dev_nll(fresh, encoder, dev)
+    untrained = mean_dev_nll(fresh.eval(), "sst2", dev)
     assert trained < untrained - 0.5, (trained, untrained)
     assert saved["prompt"].shape == (5, 32)
 
@@ -114,6 +113,11 @@ def test_resume_after_kill_equals_uninterrupted_run(saved_backbone, tmp_path, da
     resumed = run_cli([*common, "--output", str(tmp_path / "b"), "--resume"], err)
     assert resumed.wait(timeout=300) == 0, err.read_text()
 
+    def records(run: str) -> list[dict]:
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+
+    assert records("a") == records("b"), "defect 12: the resumed log holds each step once, as the straight run's"
     for name in ("prompt.safetensors", "checkpoint.pt"):
         a_file, b_file = tmp_path / "a" / name, tmp_path / "b" / name
         if name.endswith(".safetensors"):
@@ -130,12 +134,12 @@ def test_model_tuning_baseline_trains_every_weight(saved_backbone, tmp_path, dat
     config = tiny_config(saved_backbone, tmp_path / "run", data_dir=str(data_dir), tune="model", lr=1e-3,
                          prompt=PromptConfig(length=0), max_steps=3, eval_every=3)
     result = train(config, progress=False)
-    before, _ = load_backbone(str(saved_backbone))
-    tuned, tokenizer = load_backbone(str(result.output / "backbone"))
-    changed = [n for (n, a), (_, b) in zip(before.named_parameters(), tuned.named_parameters()) if not torch.equal(a, b)]
+    before = load_backbone(str(saved_backbone)).model
+    tuned = load_backbone(str(result.output / "backbone"))
+    changed = [n for (n, a), (_, b) in zip(before.named_parameters(), tuned.model.named_parameters()) if not torch.equal(a, b)]
     assert len(changed) > len(list(before.parameters())) // 2
-    model = PromptedModel(tuned, tokenizer)
-    assert model.load_prompt(result.output, "cb") == "cb", "the empty prompt matches the tuned backbone's fingerprint"
+    assert PromptedModel(tuned).load_prompt(result.output, "cb") == "cb", "the empty prompt matches the tuned backbone's fingerprint"
+    assert load_prompt(result.output)[1].backbone == str((result.output / "backbone").resolve()), "defect 14: names the tuned backbone"
 
 
 @pytest.mark.parametrize("kind", ["t5"])  # one family: compiling costs about a minute on this CPU
@@ -156,3 +160,61 @@ def test_compiled_backbone_trains_like_eager(saved_backbone, tmp_path, data_dir)
     prompts = {c: torch.load(out / "checkpoint.pt", weights_only=False)["trainable"] for c, out in runs.items()}
     assert prompts[False].keys() == prompts[True].keys()
     assert all(torch.allclose(prompts[False][k], prompts[True][k], atol=1e-3) for k in prompts[False])
+
+
+def test_resuming_a_finished_run_changes_nothing(saved_backbone, tmp_path, data_dir):
+    """Defect 12: no second evaluation, no new log lines, the same result."""
+    config = tiny_config(saved_backbone, tmp_path / "run", data_dir=str(data_dir), max_steps=4, eval_every=2)
+    first = train(config, progress=False)
+    log = (first.output / "metrics.jsonl").read_text()
+    again = train(config, resume=True, progress=False)
+    assert (first.output / "metrics.jsonl").read_text() == log
+    assert (again.steps, again.best_step, again.best_metrics) == (first.steps, first.best_step, first.best_metrics)
+
+
+@pytest.mark.parametrize("bad", [
+    {"model": "/no/such/backbone"}, {"device": "cuda:7"}, {"prompt": PromptConfig(length=100_000)},
+], ids=["bad-model", "no-cuda", "huge-prompt"])
+def test_a_failed_start_leaves_nothing_behind(bad, saved_backbone, tmp_path, data_dir):
+    """Defect 1: a run that fails before it starts writes no run.json, so the folder takes the next run."""
+    output = tmp_path / "run"
+    with pytest.raises(SoftpromptError):
+        train(tiny_config(saved_backbone, output, data_dir=str(data_dir), **bad), progress=False)
+    assert not (output / "run.json").exists()
+    assert train(tiny_config(saved_backbone, output, data_dir=str(data_dir), max_steps=1), progress=False).steps == 1
+
+
+def test_a_run_that_died_before_its_first_checkpoint_can_be_restarted(saved_backbone, tmp_path, data_dir):
+    output = tmp_path / "run"
+    output.mkdir()
+    (output / "run.json").write_text(json.dumps({"task": "cb", "lr": 9.0}))  # what a crash in the first step leaves
+    (output / "metrics.jsonl").write_text("")
+    for resume in (False, True):
+        assert train(tiny_config(saved_backbone, output, data_dir=str(data_dir), max_steps=1), resume=resume, progress=False).steps == 1
+        (output / "checkpoint.pt").unlink()
+        (output / "prompt.safetensors").unlink()
+
+
+def test_labels_free_task_trains_with_the_default_init(saved_backbone, tmp_path, data_dir, capsys):
+    """Defect 4: class-label init on a task without labels falls back to sampled vocabulary and says so."""
+    rows = tmp_path / "qa.jsonl"
+    rows.write_text("".join(json.dumps({"q": f"question {i}", "a": f"answer {i}"}) + "\n" for i in range(6)))
+    spec = {"train_file": str(rows), "validation_file": str(rows), "input_template": "q: {q}", "target_field": "a"}
+    result = train(tiny_config(saved_backbone, tmp_path / "run", task="custom", task_spec=spec, max_steps=2, eval_every=2,
+                               eval_method="generate"), progress=False)
+    assert "sampled vocabulary" in capsys.readouterr().err
+    notes = [r for r in map(json.loads, (result.output / "metrics.jsonl").read_text().splitlines()) if "note" in r]
+    assert len(notes) == 1 and load_prompt(result.output)[1].init == "sampled-vocab"
+
+
+def test_progress_bar_ends_where_a_timed_run_ends():
+    """Item 9: under --max-minutes the bar's total follows the speed, not --max-steps."""
+    stopper = Stopper(max_steps=30_000, max_minutes=0.002, step=0, desc="t", progress=False)
+    step = 0
+    while not stopper.should_stop(step):
+        time.sleep(0.01)
+        step += 1
+        stopper.advance(step)
+    assert step < 100 and stopper.bar.total < 1000, "the total was re-estimated from the speed"
+    stopper.close()
+    assert stopper.bar.total == stopper.bar.n == step

@@ -1,4 +1,8 @@
-"""The `softprompt` command line: argument parsing only; each subcommand calls one library function."""
+"""The `softprompt` command line: argument parsing only; each subcommand calls one library function.
+
+The arguments of train, eval and predict are generated from their config dataclasses
+(configargs.py), so every flag's help and default is the library's.
+"""
 
 from __future__ import annotations
 
@@ -8,108 +12,73 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .config import EVAL_METHODS, INITS, TARGET_FORMATS, TUNE_MODES, PromptConfig, TrainConfig
+from .config import EvalConfig, PredictConfig, TrainConfig
+from .configargs import add_config_arguments, config_from_args, given, merged
 from .errors import SoftpromptError
+from .tasks.custom import CustomTaskSpec
+
+CUSTOM = "custom."  # where the custom-task flags land in the parsed arguments
+CUSTOM_FLAGS = {"train_file": "--train-file", "input_template": "--input-template", "target_field": "--target-field"}
 
 
-def add_task_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", help="task name (sst2, mrpc, qqp, boolq, cb, copa, multirc, rte, wic, wsc, record, squad) or 'custom'")
-    p.add_argument("--data-dir", help="GLUE/SuperGLUE file layout; default $SOFTPROMPT_DATA_DIR, else the Hugging Face hub")
-    p.add_argument("--train-file", help="custom task: training rows (.jsonl, .csv or .tsv)")
-    p.add_argument("--dev-file", help="custom task: validation rows")
-    p.add_argument("--input-template", help="custom task: input text over the row's fields, e.g. 'review: {text}'")
-    p.add_argument("--target-field", help="custom task: the field holding the target text")
-    p.add_argument("--labels", help="custom task: comma-separated legal labels")
-
-
-def custom_spec(args: argparse.Namespace) -> dict | None:
-    """The custom task's fields when --task custom, else None."""
-    if args.task != "custom":
+def custom_spec(args: argparse.Namespace, task: str | None) -> dict | None:
+    """The custom task's spec (CustomTaskSpec.to_dict()) when the task is 'custom' and its flags are given."""
+    fields = given(args, CUSTOM)
+    if task != "custom":
+        if fields:
+            raise SoftpromptError(f"{', '.join('--' + k.replace('_', '-') for k in fields)} only apply with --task custom")
         return None
-    missing = [flag for flag, value in (("--train-file", args.train_file), ("--input-template", args.input_template), ("--target-field", args.target_field)) if not value]
+    missing = [flag for name, flag in CUSTOM_FLAGS.items() if name not in fields]
     if missing:
         raise SoftpromptError(f"--task custom needs {', '.join(missing)}")
-    return {
-        "train_file": args.train_file, "validation_file": args.dev_file, "input_template": args.input_template,
-        "target_field": args.target_field, "labels": tuple(args.labels.split(",")) if args.labels else None,
-    }
+    return CustomTaskSpec.from_dict(fields, "the custom-task flags").to_dict()
+
+
+def read_config_file(path: str | None) -> dict:
+    if path is None:
+        return {}
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SoftpromptError(f"{path}: config file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SoftpromptError(f"{path}: not a JSON config ({err})") from None
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """Library defaults, else a saved run.json (--config), with the typed flags laid over them."""
+    base = read_config_file(args.config)
+    task = getattr(args, "task", base.get("task", TrainConfig.task))
+    spec = custom_spec(args, task)
+    overrides = {k: v for k, v in given(args).items() if k in TrainConfig.__dataclass_fields__}
+    if spec is not None:
+        overrides["task_spec"] = spec
+    elif "task" in overrides:
+        overrides["task_spec"] = None
+    return config_from_args(TrainConfig, argparse.Namespace(), merged(base, overrides), args.config or "arguments")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from .train import train
 
-    defaults = TrainConfig()
-    prompt = PromptConfig(
-        length=args.prompt_length, init=args.init, init_range=args.init_range,
-        vocab_sample_size=args.vocab_sample_size, init_text=args.init_text, init_file=args.init_file,
-    )
-    config = TrainConfig(
-        task=args.task or defaults.task, model=args.model, output=args.output, data_dir=args.data_dir, prompt=prompt,
-        max_steps=args.max_steps, max_minutes=args.max_minutes, batch_size=args.batch_size,
-        group_by_length=args.group_by_length, lr=args.lr,
-        train_examples=args.train_examples, eval_every=args.eval_every, eval_examples=args.eval_examples, eval_method=args.eval_method,
-        max_input_length=args.max_input_length, max_target_length=args.max_target_length,
-        checkpoint_every=args.checkpoint_every, seed=args.seed, target_format=args.target_format,
-        device=args.device, compile=args.compile, ema_decay=args.ema_decay, task_spec=custom_spec(args), tune=args.tune,
-    )
-    result = train(config, resume=args.resume, progress=not args.quiet)
+    result = train(train_config(args), resume=args.resume, progress=not args.quiet)
     print(json.dumps({"output": str(result.output), "steps": result.steps, "best_step": result.best_step, "best": result.best_metrics}))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from .data import Encoder
-    from .evaluate import evaluate
-    from .model import load_prompted_model
-    from .tasks import resolve_data_dir
-    from .train import load_task
+    from .inference import eval_prompts
 
-    model, metadata = load_prompted_model(args.prompt, args.model, args.allow_other_backbone)
-    args.task = args.task or metadata.task
-    task = load_task(TrainConfig(task=args.task, task_spec=custom_spec(args)))
-    examples = task.load(args.split, resolve_data_dir(args.data_dir))[: args.examples]
-    encoder = Encoder(model.tokenizer, model.is_encoder_decoder, target_format=metadata.target_format)
-    metrics = evaluate(model, task, examples, encoder, 0, args.method, args.batch_size, progress=not args.quiet)
-    print(json.dumps({"task": task.name, "split": args.split, "examples": len(examples), **metrics}))
-
-
-def read_requests(args: argparse.Namespace, default_prompt: str) -> list[tuple[str, str]]:
-    """(prompt name, input) pairs from --input arguments or a JSONL file of {"input", "prompt"}."""
-    if args.input:
-        return [(default_prompt, text) for text in args.input]
-    if not args.input_file:
-        raise SoftpromptError("predict needs --input TEXT or --input-file FILE.jsonl")
-    requests = []
-    path = Path(args.input_file)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise SoftpromptError(f"{path}: file not found") from None
-    except UnicodeDecodeError:
-        raise SoftpromptError(f"{path}: not UTF-8 text") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            requests.append((row.get("prompt", default_prompt), row["input"]))
-        except (json.JSONDecodeError, AttributeError):
-            raise SoftpromptError(f"{path}, line {number}: not a JSON object") from None
-        except KeyError:
-            raise SoftpromptError(f"{path}, line {number}: missing field 'input'") from None
-    return requests
+    spec = custom_spec(args, getattr(args, "task", None))
+    config = config_from_args(EvalConfig, args, {"task_spec": spec} if spec else None)
+    for result in eval_prompts(config, progress=not args.quiet):
+        print(json.dumps(result))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from .data import Encoder
-    from .evaluate import predict
-    from .model import load_prompted_model
+    from .inference import predict_inputs
 
-    model, metadata = load_prompted_model(args.prompt, args.model, args.allow_other_backbone)
-    requests = read_requests(args, model.prompt_names[0])
-    encoder = Encoder(model.tokenizer, model.is_encoder_decoder, target_format=metadata.target_format)
-    outputs = predict(model, requests, encoder, args.method, args.batch_size, args.max_new_tokens)
-    for (name, text), output in zip(requests, outputs):
-        print(json.dumps({"prompt": name, "input": text, "output": output}))
+    for row in predict_inputs(config_from_args(PredictConfig, args)):
+        print(json.dumps(row))
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -123,9 +92,9 @@ def cmd_import(args: argparse.Namespace) -> None:
 
     model = None
     if args.model:
-        from .model import PromptedModel, load_backbone
+        from .backbones import load_backbone
 
-        model = PromptedModel(*load_backbone(args.model), args.model)
+        model = load_backbone(args.model)
     labels = tuple(args.labels.split(",")) if args.labels else None
     print(import_prompt(args.input, args.output, args.format, model=model, task=args.task, labels=labels))
 
@@ -222,7 +191,6 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults, prompt_defaults = TrainConfig(), PromptConfig()
     parser = argparse.ArgumentParser(prog="softprompt", description="Prompt tuning of frozen Hugging Face models (Lester et al., 2021).")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -233,57 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     t = command("train", cmd_train, "Prompt-tune a frozen backbone on a task; the best prompt by dev metric is kept.")
-    add_task_args(t)
-    t.add_argument("--model", help="hub name or local path (default: the packaged backbone)")
-    t.add_argument("--output", default=defaults.output, help="run directory (default: %(default)s)")
-    t.add_argument("--prompt-length", type=int, default=prompt_defaults.length, help="p (default: %(default)s)")
-    t.add_argument("--init", choices=INITS, default=prompt_defaults.init, help="prompt initialisation (default: %(default)s)")
-    t.add_argument("--init-range", type=float, default=prompt_defaults.init_range, help="random-uniform range ±r (default: %(default)s)")
-    t.add_argument("--vocab-sample-size", type=int, default=prompt_defaults.vocab_sample_size, help="sampled-vocab draws from this many most common tokens (default: %(default)s)")
-    t.add_argument("--init-text", help="init text: embed this string's first p tokens")
-    t.add_argument("--init-file", help="init file: a saved prompt directory of the same shape")
-    t.add_argument("--max-steps", type=int, default=defaults.max_steps, help="(default: %(default)s)")
-    t.add_argument("--max-minutes", type=float, help="stop cleanly after this much wall-clock time")
-    t.add_argument("--batch-size", type=int, default=defaults.batch_size, help="(default: %(default)s)")
-    t.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=defaults.group_by_length,
-                   help="batches of similar input length, for less padding; --no-group-by-length: random batches (default: %(default)s)")
-    t.add_argument("--lr", type=float, default=defaults.lr, help="Adafactor learning rate (default: %(default)s)")
-    t.add_argument("--train-examples", type=int, help="train on the first N training examples only")
-    t.add_argument("--eval-every", type=int, default=defaults.eval_every, help="steps between dev evaluations (default: %(default)s)")
-    t.add_argument("--eval-examples", type=int, help="evaluate on the first N dev examples only")
-    t.add_argument("--eval-method", choices=EVAL_METHODS, default=defaults.eval_method, help="(default: %(default)s)")
-    t.add_argument("--max-input-length", type=int, default=defaults.max_input_length, help="(default: %(default)s)")
-    t.add_argument("--max-target-length", type=int, default=defaults.max_target_length, help="(default: %(default)s)")
-    t.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every, help="(default: %(default)s)")
-    t.add_argument("--seed", type=int, default=defaults.seed, help="(default: %(default)s)")
-    t.add_argument("--target-format", choices=TARGET_FORMATS, default=defaults.target_format, help="'sentinel' puts <extra_id_0> before targets (default: %(default)s)")
-    t.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, cuda:1 ... (default: %(default)s)")
-    t.add_argument("--compile", action="store_true", help="torch.compile the backbone: faster steps after a minute or two of compiling")
-    t.add_argument("--ema-decay", type=float, help="not in the paper: evaluate and keep a moving average of the trained weights, e.g. 0.99 (default: the last step's)")
-    t.add_argument("--tune", choices=TUNE_MODES, default=defaults.tune,
-                   help="prompt: prompt tuning; model: the model-tuning baseline, all weights train (default: %(default)s)")
+    add_config_arguments(t, TrainConfig)
+    add_config_arguments(t, CustomTaskSpec, skip=("name",), dest_prefix=CUSTOM)
+    t.add_argument("--config", help="a saved RUN/run.json: rerun that run exactly; flags given here override its fields")
     t.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
 
-    def prompt_args(p: argparse.ArgumentParser, many: bool) -> None:
-        p.add_argument("--prompt", required=True, action="append" if many else None,
-                       help="prompt directory" + ("; repeat for several, optionally NAME=DIR" if many else ""))
-        p.add_argument("--model", help="backbone (default: the one recorded in the prompt file)")
-        p.add_argument("--allow-other-backbone", action="store_true", help="load a prompt trained on another backbone")
-        p.add_argument("--batch-size", type=int, default=defaults.eval_batch_size, help="(default: %(default)s)")
-
-    e = command("eval", cmd_eval, "Score a saved prompt on a task split by rank classification and/or generation.")
-    prompt_args(e, many=True)
-    add_task_args(e)
-    e.add_argument("--split", default="validation", choices=("train", "validation", "test"), help="(default: %(default)s)")
-    e.add_argument("--method", choices=EVAL_METHODS, default="both", help="(default: %(default)s)")
-    e.add_argument("--examples", type=int, help="only the first N examples")
+    e = command("eval", cmd_eval, "Score saved prompts on a task split by rank classification and/or generation.")
+    add_config_arguments(e, EvalConfig, required=("prompt",))
+    add_config_arguments(e, CustomTaskSpec, skip=("name",), dest_prefix=CUSTOM)
 
     pr = command("predict", cmd_predict, "Run prompts on inputs; each input may name its prompt, so tasks mix in one batch.")
-    prompt_args(pr, many=True)
-    pr.add_argument("--input", action="append", help="an input text for the first prompt; repeatable")
-    pr.add_argument("--input-file", help='JSONL of {"input": TEXT, "prompt": NAME}')
-    pr.add_argument("--method", choices=("generate", "rank"), default="generate", help="(default: %(default)s)")
-    pr.add_argument("--max-new-tokens", type=int, default=16, help="(default: %(default)s)")
+    add_config_arguments(pr, PredictConfig, required=("prompt",))
 
     x = command("export", cmd_export, "Write a prompt in another library's format.")
     x.add_argument("--prompt", required=True, help="prompt directory")

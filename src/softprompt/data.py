@@ -1,8 +1,8 @@
-"""From examples to padded tensor batches: tokenising, target formats, length-grouped order.
+"""From examples to batches: tokenising through the backbone's adapter, target formats, batch order.
 
-Encoder-decoder batches are right-padded inputs with separate labels; decoder-only batches
-are left-padded "input target" sequences whose labels ignore the input part. Either way the
-real tokens are contiguous, which is what the prompt splice relies on.
+Every example is tokenised with the settings of the prompt it is for (its record's target format
+and lengths), so a batch may mix prompts trained with different settings. The layout of a batch
+(padding side, where targets go) is the adapter's business: `collate` only gathers features.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import random
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-import torch
-from transformers import PreTrainedTokenizerBase
-
+from .backbones import Backbone
+from .bank import PromptRecord
 from .errors import SoftpromptError
 from .tasks.base import Example
 
 SENTINEL = "<extra_id_0>"
+LENGTH_GROUP_FACTOR = 50  # batches whose examples are sorted by length together
 
 
 def format_target(target: str, target_format: str) -> str:
@@ -35,88 +35,52 @@ def unformat_target(text: str, target_format: str) -> str:
 
 @dataclass(frozen=True)
 class Features:
-    """One tokenised example; `prompt` indexes the model's prompt bank."""
+    """One tokenised example and the name of the prompt it wears."""
 
     input_ids: list[int]
     target_ids: list[int]
-    prompt: int = 0
+    prompt: str = ""
 
     @property
     def length(self) -> int:
         return len(self.input_ids) + len(self.target_ids)
 
 
-@dataclass
-class Encoder:
-    """Turns text into token ids the way each backbone kind expects."""
-
-    tokenizer: PreTrainedTokenizerBase
-    is_encoder_decoder: bool
-    max_input_length: int = 512
-    max_target_length: int = 16
-    target_format: str = "plain"
-
-    def input_ids(self, text: str) -> list[int]:
-        if not text.strip():
-            raise SoftpromptError("empty input text")
-        # T5's tokenizer appends </s> to inputs; GPT-2's adds nothing.
-        return self.tokenizer(text, truncation=True, max_length=self.max_input_length).input_ids
-
-    def target_ids(self, target: str) -> list[int]:
-        """Target tokens, ending with the end-of-sequence token so generation knows to stop."""
-        text = format_target(target, self.target_format)
-        if self.is_encoder_decoder:
-            ids = self.tokenizer(text, truncation=True, max_length=self.max_target_length).input_ids
-        else:
-            ids = self.tokenizer(" " + text, add_special_tokens=False).input_ids[: self.max_target_length - 1]
-            ids = ids + [self.tokenizer.eos_token_id]
-        return ids
-
-    def features(self, example: Example, prompt: int = 0, with_target: bool = True) -> Features:
-        target = self.target_ids(example.target) if with_target else []
-        return Features(self.input_ids(example.input), target, prompt)
-
-    def encode_all(self, examples: Sequence[Example], source: str, prompt: int = 0, with_target: bool = True) -> list[Features]:
-        """Tokenise a split; a bad row is reported by its position in `source`."""
-        out = []
-        for row, example in enumerate(examples, start=1):
-            try:
-                out.append(self.features(example, prompt, with_target))
-            except SoftpromptError as err:
-                raise SoftpromptError(f"{source}, example {row}: {err}") from None
-        return out
+def target_ids(backbone: Backbone, record: PromptRecord, target: str) -> list[int]:
+    """A target's ids in the record's target format and length."""
+    metadata = record.metadata
+    return backbone.target_ids(format_target(target, metadata.target_format), metadata.max_target_length)
 
 
-def pad(rows: Sequence[Sequence[int]], value: int, left: bool) -> torch.Tensor:
-    """Stack lists of ids into (b, max_len), padding on the left or the right."""
-    width = max(len(r) for r in rows)
-    padded = [([value] * (width - len(r)) + list(r)) if left else (list(r) + [value] * (width - len(r))) for r in rows]
-    return torch.tensor(padded, dtype=torch.long)
+def encode(backbone: Backbone, name: str, record: PromptRecord, example: Example, with_target: bool = True) -> Features:
+    """One example for prompt `name`; the input is cut to what fits beside the prompt.
+
+    Raises SoftpromptError for an empty input, or a prompt too long for the backbone's positions.
+    """
+    if not example.input.strip():
+        raise SoftpromptError("empty input text")
+    metadata = record.metadata
+    budget = backbone.input_budget(record.length, metadata.max_input_length, metadata.max_target_length)
+    target = target_ids(backbone, record, example.target) if with_target else []
+    return Features(backbone.input_ids(example.input, budget), target, name)
 
 
-def collate(batch: Sequence[Features], pad_id: int, is_encoder_decoder: bool, with_labels: bool = True) -> dict[str, torch.Tensor]:
-    """A batch for `PromptedModel`: input_ids, attention_mask, prompt_index (and labels)."""
-    prompt_index = torch.tensor([f.prompt for f in batch], dtype=torch.long)  # (b,)
-    if is_encoder_decoder or not with_labels:
-        left = not is_encoder_decoder
-        out = {
-            "input_ids": pad([f.input_ids for f in batch], pad_id, left),  # (b, n)
-            "attention_mask": pad([[1] * len(f.input_ids) for f in batch], 0, left),
-            "prompt_index": prompt_index,
-        }
-        if with_labels:
-            out["labels"] = pad([f.target_ids for f in batch], -100, left=False)  # (b, m)
-        return out
-    sequences = [f.input_ids + f.target_ids for f in batch]
-    return {
-        "input_ids": pad(sequences, pad_id, left=True),  # (b, n + m)
-        "attention_mask": pad([[1] * len(s) for s in sequences], 0, left=True),
-        "labels": pad([[-100] * len(f.input_ids) + f.target_ids for f in batch], -100, left=True),
-        "prompt_index": prompt_index,
-    }
+def encode_all(backbone: Backbone, name: str, record: PromptRecord, examples: Sequence[Example], source: str,
+               with_target: bool = True) -> list[Features]:
+    """Tokenise a split for prompt `name`; a bad row is reported by its position in `source`."""
+    out = []
+    for row, example in enumerate(examples, start=1):
+        try:
+            out.append(encode(backbone, name, record, example, with_target))
+        except SoftpromptError as err:
+            raise SoftpromptError(f"{source}, example {row}: {err}") from None
+    return out
 
 
-LENGTH_GROUP_FACTOR = 50  # batches whose examples are sorted by length together
+def collate(backbone: Backbone, batch: Sequence[Features], with_labels: bool = True) -> dict:
+    """A batch in the adapter's layout, plus "prompts": the prompt name of each example."""
+    targets = [f.target_ids for f in batch] if with_labels else None
+    return {**backbone.collate([f.input_ids for f in batch], targets), "prompts": [f.prompt for f in batch]}
 
 
 def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
@@ -124,7 +88,6 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, e
     """One epoch's batches: shuffled, then grouped by similar length so padding stays small.
 
     Lengths are sorted within chunks of `group_factor` batches; `group_factor=1` gives random batches.
-
     The order depends only on (seed, epoch), so a resumed run can find its place again.
     """
     rng = random.Random(seed * 100_003 + epoch)
@@ -141,6 +104,38 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, e
 
 def sorted_batches(features: Sequence[Features], batch_size: int) -> Iterator[list[int]]:
     """Evaluation order: longest first, so padding is minimal; callers restore the order."""
+    if batch_size < 1:
+        raise SoftpromptError(f"batch size {batch_size} must be at least 1")
     order = sorted(range(len(features)), key=lambda i: -features[i].length)
     for start in range(0, len(order), batch_size):
         yield order[start : start + batch_size]
+
+
+class BatchStream:
+    """Endless batches (length-grouped or random) whose position (epoch, index) can be saved and restored."""
+
+    def __init__(self, features: list[Features], batch_size: int, seed: int, group_by_length: bool):
+        self.features, self.batch_size, self.seed = features, batch_size, seed
+        self.lengths = [f.length for f in features]
+        self.group_factor = LENGTH_GROUP_FACTOR if group_by_length else 1  # 1: each batch is a random draw
+        self.epoch, self.index = 0, 0
+        self._batches = self._epoch_batches()
+
+    def _epoch_batches(self) -> list[list[int]]:
+        return length_grouped_batches(self.lengths, self.batch_size, self.seed, self.epoch, self.group_factor)
+
+    def next(self) -> list[Features]:
+        if self.index >= len(self._batches):
+            self.epoch, self.index = self.epoch + 1, 0
+            self._batches = self._epoch_batches()
+        batch = self._batches[self.index]
+        self.index += 1
+        return [self.features[i] for i in batch]
+
+    def position(self) -> tuple[int, int]:
+        return self.epoch, self.index
+
+    def seek(self, epoch: int, index: int) -> None:
+        self.epoch, self.index = epoch, index
+        self._batches = self._epoch_batches()
+

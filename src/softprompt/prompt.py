@@ -1,87 +1,59 @@
-"""The soft prompt: a [p, e] matrix, and the paper's ways of initialising it."""
+"""The paper's ways of initialising a [p, e] soft prompt (§3.2)."""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
 
 import torch
-from torch import nn
 
-from .config import INITS, PromptConfig
+from .config import PromptConfig
 from .errors import SoftpromptError
 
-Encode = Callable[[str], list[int]]
+if TYPE_CHECKING:
+    from .backbones import Backbone
 
 
-class SoftPrompt(nn.Module):
-    """The only trained parameter of prompt tuning: p vectors of the backbone's embedding width."""
+@dataclass
+class InitialPrompt:
+    """The starting matrix (p, e), the initialisation actually used, and why it differs if it does."""
 
-    def __init__(self, weight: torch.Tensor):
-        super().__init__()
-        self.weight = nn.Parameter(weight.detach().clone().float())  # (p, e)
-
-    @property
-    def length(self) -> int:
-        return self.weight.shape[0]
-
-    @property
-    def width(self) -> int:
-        return self.weight.shape[1]
+    weight: torch.Tensor
+    init: str
+    note: str | None = None
 
 
-def most_common_token_ids(vocab_size: int, special_ids: Sequence[int], k: int) -> list[int]:
-    """The k most common tokens, taken as the lowest non-special ids.
-
-    SentencePiece unigram vocabularies (T5, and the project's own backbones) are stored in
-    order of descending piece score, and byte-level BPE vocabularies (GPT-2) in order of
-    merge rank, so a low id means a frequent token in both.
-    """
-    special = set(special_ids)
-    ids = [i for i in range(vocab_size) if i not in special]
-    return ids[:k]
-
-
-def sampled_vocab_rows(
-    embeddings: torch.Tensor, candidate_ids: Sequence[int], count: int, generator: torch.Generator
-) -> torch.Tensor:
+def sampled_vocab_rows(embeddings: torch.Tensor, candidate_ids: Sequence[int], count: int, generator: torch.Generator) -> torch.Tensor:
     """Embeddings of `count` tokens drawn from `candidate_ids`, without replacement while possible."""
     ids = torch.tensor(candidate_ids, dtype=torch.long)
     if count <= len(ids):
         picks = ids[torch.randperm(len(ids), generator=generator)[:count]]
     else:
         picks = ids[torch.randint(len(ids), (count,), generator=generator)]
-    return embeddings[picks].float()  # (count, e)
+    return embeddings[picks.to(embeddings.device)].float().cpu()  # (count, e)
 
 
-def word_embedding(embeddings: torch.Tensor, encode: Encode, word: str) -> torch.Tensor:
+def word_embedding(embeddings: torch.Tensor, ids: list[int], word: str) -> torch.Tensor:
     """A word's vector: the mean of its sub-token embeddings (paper §3.2, class-label init)."""
-    ids = encode(word)
     if not ids:
         raise SoftpromptError(f"class-label initialisation: label {word!r} has no tokens")
-    return embeddings[torch.tensor(ids)].float().mean(0)  # (e,)
+    return embeddings[torch.tensor(ids, device=embeddings.device)].float().mean(0).cpu()  # (e,)
 
 
-def initial_prompt(
-    config: PromptConfig,
-    embeddings: torch.Tensor,
-    encode: Encode,
-    common_ids: Sequence[int],
-    class_words: Sequence[str] = (),
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """The starting [p, e] matrix for `config.init`.
+def initial_prompt(config: PromptConfig, backbone: Backbone, class_words: Sequence[str] = (),
+                   generator: torch.Generator | None = None, allow_other_backbone: bool = False) -> InitialPrompt:
+    """The starting [p, e] matrix for `config.init` on `backbone`.
 
-    `embeddings` is the backbone's input embedding table (V, e); `encode` turns text into
-    token ids without special tokens; `common_ids` are the most common token ids.
-    Raises SoftpromptError for an unknown init or an unusable setting.
+    Class-label init without labels or a word list (SQuAD, free-text custom tasks) falls back to
+    sampled vocabulary, as the paper does for positions beyond the labels, and says so in `note`.
+    Raises SoftpromptError for an unusable setting, or an init file for another backbone.
     """
-    from .prompt_io import load_prompt  # prompt files depend on this module, not the reverse
+    from .prompt_io import check_compatible, load_prompt  # prompt files depend on the config, not the reverse
 
     generator = generator or torch.Generator().manual_seed(0)
+    embeddings = backbone.embeddings.detach()
     p, e = config.length, embeddings.shape[1]
-    if p < 0:
-        raise SoftpromptError(f"prompt length must not be negative, got {p}")
-    candidates = list(common_ids)[: config.vocab_sample_size]
+    candidates = backbone.common_token_ids()[: config.vocab_sample_size]
 
     def filled(rows: list[torch.Tensor]) -> torch.Tensor:  # (p, e): rows, then sampled vocabulary
         rows = rows[:p]
@@ -90,26 +62,19 @@ def initial_prompt(
 
     if config.init == "random-uniform":
         r = config.init_range
-        return torch.rand(p, e, generator=generator) * 2 * r - r
+        return InitialPrompt(torch.rand(p, e, generator=generator) * 2 * r - r, config.init)
     if config.init == "sampled-vocab":
-        return sampled_vocab_rows(embeddings, candidates, p, generator)
+        return InitialPrompt(sampled_vocab_rows(embeddings, candidates, p, generator), config.init)
     if config.init == "class-label":
         if not class_words:
-            raise SoftpromptError("class-label initialisation needs a task with labels or a word list")
-        return filled([word_embedding(embeddings, encode, w) for w in class_words])
+            note = "class-label initialisation: the task has no labels or word list, so the prompt starts from sampled vocabulary"
+            return InitialPrompt(sampled_vocab_rows(embeddings, candidates, p, generator), "sampled-vocab", note)
+        return InitialPrompt(filled([word_embedding(embeddings, backbone.word_ids(w), w) for w in class_words]), config.init)
     if config.init == "text":
-        if not config.init_text:
-            raise SoftpromptError("init 'text' needs --init-text")
-        ids = encode(config.init_text)
-        return filled([embeddings[i].float() for i in ids])
-    if config.init == "file":
-        if not config.init_file:
-            raise SoftpromptError("init 'file' needs --init-file pointing to a saved prompt")
-        weight, _ = load_prompt(config.init_file)
-        if tuple(weight.shape) != (p, e):
-            raise SoftpromptError(
-                f"{config.init_file}: prompt has shape {tuple(weight.shape)}, "
-                f"this run needs ({p}, {e})"
-            )
-        return weight.float()
-    raise SoftpromptError(f"unknown init {config.init!r}; choose one of {', '.join(INITS)}")
+        ids = backbone.word_ids(config.init_text or "")
+        return InitialPrompt(filled([embeddings[i].float().cpu() for i in ids]), config.init)
+    weight, metadata = load_prompt(config.init_file)  # init == "file"
+    check_compatible(metadata, str(config.init_file), backbone, allow_other_backbone)
+    if tuple(weight.shape) != (p, e):
+        raise SoftpromptError(f"{config.init_file}: prompt has shape {tuple(weight.shape)}, this run needs ({p}, {e})")
+    return InitialPrompt(weight.float(), config.init)

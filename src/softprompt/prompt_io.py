@@ -1,30 +1,36 @@
 """Prompt files: `prompt.safetensors` (the [p, e] matrix) beside `prompt.json` (what it is for).
 
-A prompt is only meaningful on the backbone it was trained with, so the metadata carries a
-fingerprint of that backbone's embedding table and loading onto another backbone is refused
-unless the caller overrides it.
+The metadata is everything needed to use the prompt again without repeating how it was trained:
+its task (a custom task's spec included), labels, target format and lengths, and the backbone's
+kind and embedding fingerprint, so loading onto another backbone is refused unless overridden,
+and onto the other kind always.
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .config import check_fields
 from .errors import SoftpromptError
 from .files import atomic_path, write_json_atomic
+
+if TYPE_CHECKING:
+    from .backbones import Backbone
 
 WEIGHTS_NAME = "prompt.safetensors"
 METADATA_NAME = "prompt.json"
 TENSOR_KEY = "prompt"
+LEGACY_KIND_KEY = "is_encoder_decoder"  # where files before the kind field kept it, in `extra`
 
 
 @dataclass
@@ -35,18 +41,43 @@ class PromptMetadata:
     width: int
     init: str
     task: str | None = None
+    task_spec: dict[str, Any] | None = None  # a custom task's CustomTaskSpec.to_dict(): files, template, target field, labels
     labels: list[str] | None = None
-    backbone: str | None = None
-    backbone_fingerprint: str | None = None
     target_format: str = "plain"
+    max_input_length: int = 512
+    max_target_length: int = 16
+    backbone: str | None = None
+    backbone_kind: str | None = None  # "encoder-decoder" or "decoder-only"
+    backbone_fingerprint: str | None = None
+    step: int | None = None
+    metrics: dict[str, Any] | None = None
     library_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
 
-
-def embedding_fingerprint(embeddings: torch.Tensor) -> str:
-    """A short hash of the embedding table: equal tables (and only they) give equal fingerprints."""
-    data = embeddings.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
-    return hashlib.sha256(data).hexdigest()[:16]
+    @classmethod
+    def from_dict(cls, raw: Any, source: str) -> PromptMetadata:
+        """Parse and type-check `prompt.json`; older files (kind, step and metrics in `extra`) are migrated."""
+        if not isinstance(raw, dict):
+            raise SoftpromptError(f"{source}: expected a JSON object")
+        raw = dict(raw)
+        extra = dict(raw.get("extra") or {})
+        if "backbone_kind" not in raw and LEGACY_KIND_KEY in extra:
+            raw["backbone_kind"] = "encoder-decoder" if extra.pop(LEGACY_KIND_KEY) else "decoder-only"
+        for moved in ("step", "metrics"):
+            if moved not in raw and moved in extra:
+                raw[moved] = extra.pop(moved)
+        raw["extra"] = extra
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and
+                   f.default_factory is dataclasses.MISSING and f.name not in raw]
+        if missing:
+            raise SoftpromptError(f"{source}: missing field(s) {', '.join(missing)}")
+        unknown = sorted(set(raw) - names)
+        if unknown:
+            raise SoftpromptError(f"{source}: unknown field(s) {', '.join(unknown)}")
+        metadata = cls(**raw)
+        check_fields(metadata, prefix=f"{source}: field ")
+        return metadata
 
 
 def save_prompt(directory: str | os.PathLike, weight: torch.Tensor, metadata: PromptMetadata) -> Path:
@@ -63,8 +94,8 @@ def save_prompt(directory: str | os.PathLike, weight: torch.Tensor, metadata: Pr
 def load_prompt(directory: str | os.PathLike) -> tuple[torch.Tensor, PromptMetadata]:
     """Read a prompt directory, checking that the two files agree.
 
-    Raises SoftpromptError naming the file when it is missing, truncated, corrupt or of the
-    wrong shape.
+    Raises SoftpromptError naming the file when it is missing, truncated, corrupt, of the wrong
+    shape, or holds a field of the wrong type.
     """
     directory = Path(directory)
     weights_path, meta_path = directory / WEIGHTS_NAME, directory / METADATA_NAME
@@ -73,9 +104,9 @@ def load_prompt(directory: str | os.PathLike) -> tuple[torch.Tensor, PromptMetad
             raise SoftpromptError(f"{path}: prompt file not found")
     try:
         raw = json.loads(meta_path.read_text(encoding="utf-8"))
-        metadata = PromptMetadata(**raw)
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SoftpromptError(f"{meta_path}: not a valid prompt metadata file ({err})") from None
+    metadata = PromptMetadata.from_dict(raw, str(meta_path))
     try:
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as err:
@@ -93,12 +124,20 @@ def load_prompt(directory: str | os.PathLike) -> tuple[torch.Tensor, PromptMetad
     return weight, metadata
 
 
-def check_compatible(metadata: PromptMetadata, source: str, width: int, fingerprint: str, allow_other_backbone: bool) -> None:
-    """Refuse a prompt made for another backbone: its vectors would mean nothing there."""
-    if metadata.width != width:
-        raise SoftpromptError(f"{source}: prompt width {metadata.width} does not match the backbone's embedding width {width}")
-    if metadata.backbone_fingerprint and metadata.backbone_fingerprint != fingerprint and not allow_other_backbone:
+def check_compatible(metadata: PromptMetadata, source: str, backbone: Backbone, allow_other_backbone: bool = False) -> None:
+    """Refuse a prompt made for another backbone: its vectors would mean nothing there.
+
+    A different width or kind is always refused; a different embedding table unless
+    `allow_other_backbone` (a prompt moved to a close relative of its backbone, deliberately).
+    """
+    if metadata.width != backbone.width:
+        raise SoftpromptError(f"{source}: prompt width {metadata.width} does not match the backbone's embedding width {backbone.width}")
+    if metadata.backbone_kind and metadata.backbone_kind != backbone.kind:
+        raise SoftpromptError(f"{source}: prompt was made for a {metadata.backbone_kind} backbone; "
+                              f"{backbone.name!r} is {backbone.kind}")
+    recorded = metadata.backbone_fingerprint
+    if recorded and not allow_other_backbone and not backbone.matches_fingerprint(recorded):
         raise SoftpromptError(
             f"{source}: prompt was trained on backbone {metadata.backbone!r} (embedding fingerprint "
-            f"{metadata.backbone_fingerprint}), not this one ({fingerprint}); pass --allow-other-backbone to load it anyway"
+            f"{recorded}), not this one ({backbone.fingerprint()}); pass --allow-other-backbone to load it anyway"
         )

@@ -17,12 +17,11 @@ from ..errors import SoftpromptError
 from ..prompt_io import PromptMetadata, save_prompt
 
 if TYPE_CHECKING:
-    from ..model import PromptedModel
+    from ..backbones import Backbone
 
-# Where an imported prompt came from, and the backbone kind it was made for (encoder-decoder or
-# decoder-only), are kept in `PromptMetadata.extra` under these keys.
+# Where an imported prompt came from is kept in `PromptMetadata.extra` under this key.
 SOURCE_KEY = "source"
-KIND_KEY = "is_encoder_decoder"
+KINDS = {True: "encoder-decoder", False: "decoder-only"}  # PromptMetadata.backbone_kind, keyed by is_encoder_decoder
 
 
 def save_imported(
@@ -30,7 +29,7 @@ def save_imported(
     out_dir: str | os.PathLike,
     source: Path,
     fmt: str,
-    model: PromptedModel | None,
+    model: Backbone | None,
     task: str | None,
     labels: Sequence[str] | None,
     backbone: str | None = None,
@@ -52,16 +51,16 @@ def save_imported(
     if model is not None:
         if width != model.width:
             raise SoftpromptError(f"{source}: prompt width {width} does not match the backbone's embedding width {model.width}")
-        if is_encoder_decoder is not None and is_encoder_decoder != model.is_encoder_decoder:
+        model_is_encoder_decoder = model.kind == KINDS[True]
+        if is_encoder_decoder is not None and is_encoder_decoder != model_is_encoder_decoder:
             made_for = "an encoder-decoder" if is_encoder_decoder else "a decoder-only"
-            raise SoftpromptError(f"{source}: prompt was made for {made_for} backbone, {model.backbone_name!r} is not one")
-        backbone, is_encoder_decoder = model.backbone_name, model.is_encoder_decoder
+            raise SoftpromptError(f"{source}: prompt was made for {made_for} backbone, {model.name!r} is not one")
+        backbone, is_encoder_decoder = model.name, model_is_encoder_decoder
     info: dict[str, Any] = {SOURCE_KEY: {"format": fmt, "path": str(source)}, **(extra or {})}
-    if is_encoder_decoder is not None:
-        info[KIND_KEY] = is_encoder_decoder
     metadata = PromptMetadata(
         length=length, width=width, init=fmt, task=task, labels=list(labels) if labels else None,
-        backbone=backbone or None, backbone_fingerprint=model.fingerprint() if model is not None else None, extra=info,
+        backbone=backbone or None, backbone_kind=KINDS[is_encoder_decoder] if is_encoder_decoder is not None else None,
+        backbone_fingerprint=model.fingerprint() if model is not None else None, extra=info,
     )
     return save_prompt(out_dir, weight.detach().to("cpu", torch.float32), metadata)
 
@@ -94,7 +93,7 @@ def import_prompt(
     path: str | os.PathLike,
     out_dir: str | os.PathLike,
     fmt: str,
-    model: PromptedModel | None = None,
+    model: Backbone | None = None,
     task: str | None = None,
     labels: Sequence[str] | None = None,
 ) -> Path:

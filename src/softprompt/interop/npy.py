@@ -18,7 +18,7 @@ from ..prompt_io import load_prompt
 from . import save_imported
 
 if TYPE_CHECKING:
-    from ..model import PromptedModel
+    from ..backbones import Backbone
 
 FORMAT = "npy"
 
@@ -64,7 +64,7 @@ def read_npy(path: str | os.PathLike) -> torch.Tensor:
 def import_npy(
     path: str | os.PathLike,
     out_dir: str | os.PathLike,
-    model: PromptedModel | None = None,
+    model: Backbone | None = None,
     task: str | None = None,
     labels: Sequence[str] | None = None,
 ) -> Path:

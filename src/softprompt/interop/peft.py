@@ -10,7 +10,7 @@ What PEFT 0.21 does with such an adapter (read from its source, checked by tests
   setup. Exports therefore write num_transformer_submodules = 1;
 - for CAUSAL_LM, PEFT puts the prompt in front of the whole padded row and drops position_ids,
   so with left padding the prompt sits before the pads and the real tokens' positions shift by
-  the padding. Without padding it is the same computation as `PromptedModel`.
+  the padding. Without padding it is the same computation as softprompt's decoder-only adapter.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from safetensors.torch import load_file, save_file
 from ..errors import SoftpromptError
 from ..files import atomic_path, write_json_atomic
 from ..prompt_io import PromptMetadata, load_prompt
-from . import KIND_KEY, save_imported
+from . import KINDS, save_imported
 
 if TYPE_CHECKING:
-    from ..model import PromptedModel
+    from ..backbones import Backbone
 
 FORMAT = "peft"
 CONFIG_NAME = "adapter_config.json"
@@ -48,7 +48,7 @@ def backbone_kind(metadata: PromptMetadata, prompt_dir: Path, is_encoder_decoder
     backbone directory named in the metadata (the hub is never asked).
     Raises SoftpromptError when none of them says, or the argument contradicts the metadata.
     """
-    recorded = metadata.extra.get(KIND_KEY)
+    recorded = None if metadata.backbone_kind is None else metadata.backbone_kind == KINDS[True]
     local_config = Path(metadata.backbone) / "config.json" if metadata.backbone else None
     if recorded is None and local_config is not None and local_config.is_file():
         try:
@@ -153,7 +153,7 @@ def read_weights(adapter_dir: Path) -> tuple[torch.Tensor, Path]:
 def import_peft(
     adapter_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
-    model: PromptedModel | None = None,
+    model: Backbone | None = None,
     task: str | None = None,
     labels: Sequence[str] | None = None,
 ) -> Path:

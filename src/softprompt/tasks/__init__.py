@@ -32,6 +32,13 @@ def get_task(name: str) -> Task:
     return task
 
 
+def load_task(name: str, task_spec: dict | None = None) -> Task:
+    """The named task, or the custom task that `task_spec` (CustomTaskSpec fields) describes."""
+    if task_spec is not None:
+        return custom_task(CustomTaskSpec(**task_spec))
+    return get_task(name)
+
+
 def load_examples(task: Task | str, split: str, data_dir: str | os.PathLike | None = None) -> list[Example]:
     """A split's examples: from `data_dir`, else $SOFTPROMPT_DATA_DIR, else the Hugging Face hub."""
     return (get_task(task) if isinstance(task, str) else task).load(split, data_dir)
@@ -49,6 +56,7 @@ __all__ = [
     "custom_task",
     "get_task",
     "load_examples",
+    "load_task",
     "load_mrqa",
     "mrqa_task",
     "resolve_data_dir",

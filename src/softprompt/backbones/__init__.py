@@ -1,0 +1,12 @@
+"""Backbone adapters: one class per kind of model, built from one spec (see loading.py)."""
+
+from .base import Backbone, Prompts, embedding_fingerprint, label_nll
+from .causal import DecoderOnly
+from .loading import (ADAPTERS, DEFAULT_BACKBONE, PACKAGED_DIR, PACKAGED_PREFIX, BackboneSpec, adapter_for, load_backbone,
+                      resolve_backbone_name)
+from .seq2seq import EncoderDecoder
+
+__all__ = [
+    "ADAPTERS", "DEFAULT_BACKBONE", "PACKAGED_DIR", "PACKAGED_PREFIX", "Backbone", "BackboneSpec", "DecoderOnly",
+    "EncoderDecoder", "Prompts", "adapter_for", "embedding_fingerprint", "label_nll", "load_backbone", "resolve_backbone_name",
+]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,10 +17,12 @@ from softprompt.tasks import (
     TASKS,
     CustomTaskSpec,
     Example,
+    Task,
     custom_task,
     get_task,
     load_examples,
     load_mrqa,
+    require_examples,
     resolve_data_dir,
 )
 from softprompt.tasks.metrics import normalize_answer, refers_to
@@ -544,3 +547,68 @@ def test_without_a_data_dir_rows_come_from_the_hub(monkeypatch):
     assert (squad.target, squad.answers) == ("x", ("x", "y"))
     with pytest.raises(SoftpromptError, match="Hugging Face hub"):
         get_task("rte").load("validation", None)  # not in the fake: the failure is one clear message
+
+
+# --- where a split comes from, for error messages ---------------------------------------------
+
+LOCAL_SOURCES = [
+    ("sst2", "validation", "glue/SST-2/dev.tsv"),
+    ("mrpc", "train", "glue/MRPC/train.tsv"),
+    ("qqp", "test", "glue/QQP/test.tsv"),
+    ("rte", "validation", "superglue/RTE/val.jsonl"),
+    ("cb", "test", "superglue/CB/test.jsonl"),
+    ("multirc", "train", "superglue/MultiRC/train.jsonl"),
+    ("wsc", "validation", "superglue/WSC/val.jsonl"),
+    ("record", "validation", "superglue/ReCoRD/val.jsonl"),
+    ("squad", "validation", "squad/dev-v1.1.json"),
+    ("mrqa-drop", "validation", "mrqa/DROP.jsonl"),
+]
+
+
+@pytest.mark.parametrize("name, split, relative", LOCAL_SOURCES)
+def test_describe_names_the_local_file_of_every_task_family(data_dir, name, split, relative):
+    assert get_task(name).describe(split, data_dir) == str(data_dir / relative)
+
+
+def test_describe_names_the_real_glue_dev_file_the_loader_reads(data_dir, monkeypatch):
+    monkeypatch.setenv(DATA_DIR_ENV, str(data_dir))
+    path = Path(get_task("sst2").describe("validation", None))
+    assert path == data_dir / "glue/SST-2/dev.tsv" and path.is_file()
+
+
+def test_describe_names_the_hub_dataset_without_a_data_dir(monkeypatch):
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    assert get_task("sst2").describe("validation") == "hub nyu-mll/glue/sst2"
+    assert get_task("wsc").describe("train") == "hub aps/super_glue/wsc.fixed"
+    assert get_task("squad").describe("validation") == "hub rajpurkar/squad/plain_text"
+
+
+def test_describe_falls_back_to_the_task_and_split(tmp_path, monkeypatch):
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    assert get_task("mrqa-drop").describe("validation") == "task mrqa-drop, validation split"  # no hub copy
+    assert get_task("squad").describe("test", tmp_path) == "task squad, test split"  # SQuAD has no test file
+    bare = Task(name="bare", load=lambda split, data_dir: [], metric=lambda p, e: {})
+    assert bare.describe("train") == "task bare, train split"
+
+
+def test_custom_describe_names_the_spec_file_of_the_split(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    task = custom_task(CustomTaskSpec("train.csv", "{text}", "label", validation_file="./dev.csv", name="mine"))
+    assert task.describe("train") == str(tmp_path / "train.csv")
+    assert task.describe("validation", "/elsewhere") == str(tmp_path / "dev.csv")  # the data dir does not apply
+    assert task.describe("test") == "task mine, test split"
+
+
+def test_require_examples_names_the_csv_of_an_empty_split(tmp_path):
+    path = write_lines(tmp_path / "train.csv", ["text,label"])  # a header row and nothing else
+    task = custom_task(CustomTaskSpec(path, "review: {text}", "label", labels=("neg", "pos"), name="reviews"))
+    examples = task.load("train", None)
+    assert examples == []
+    expected = f"{path}: the train split of task reviews holds no examples"
+    with pytest.raises(SoftpromptError, match=f"^{re.escape(expected)}$"):
+        require_examples(task, "train", None, examples)
+
+
+def test_require_examples_passes_examples_through(data_dir):
+    examples = load("cb", "validation", data_dir)
+    assert require_examples(get_task("cb"), "validation", data_dir, examples) == list(examples)

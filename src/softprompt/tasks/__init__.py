@@ -6,7 +6,7 @@ import os
 import re
 
 from softprompt.errors import SoftpromptError
-from softprompt.tasks.base import SPLITS, Example, Metric, Task
+from softprompt.tasks.base import SPLITS, Example, Metric, Task, require_examples
 from softprompt.tasks.custom import CustomTaskSpec, custom_task
 from softprompt.tasks.glue import GLUE_TASKS, PARAPHRASE_LABEL_MAP
 from softprompt.tasks.qa import QA_TASKS, load_mrqa, mrqa_task
@@ -51,5 +51,6 @@ __all__ = [
     "load_examples",
     "load_mrqa",
     "mrqa_task",
+    "require_examples",
     "resolve_data_dir",
 ]

@@ -42,6 +42,11 @@ class CustomTaskSpec:
         return Path(path)
 
 
+def absolute_path(path: str | os.PathLike) -> Path:
+    """`path` made absolute against the working directory, "~", "." and ".." spelled out; links are kept."""
+    return Path(os.path.abspath(Path(path).expanduser()))
+
+
 def custom_rows(path: Path) -> Iterator[Record]:
     """The rows of a .jsonl, .csv or .tsv file."""
     reader = READERS.get(path.suffix.lower())
@@ -96,5 +101,9 @@ def custom_task(spec: CustomTaskSpec) -> Task:
         rows = custom_rows(spec.file_for(split))
         return [custom_example(spec, record, labelled=split != "test") for record in rows]
 
+    def source(split: str, data_dir: str | os.PathLike | None = None) -> str:
+        """The spec's file for `split` as an absolute path; raises SoftpromptError when it has none."""
+        return str(absolute_path(spec.file_for(split)))
+
     metric = accuracy_and_macro_f1(labels) if labels else squad_f1_em
-    return Task(name=spec.name, load=load, metric=metric, labels=labels)
+    return Task(name=spec.name, load=load, metric=metric, labels=labels, source=source)

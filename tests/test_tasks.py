@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import re
@@ -413,6 +414,82 @@ def test_custom_task_names_a_missing_template_field(tmp_path):
     task = custom_task(CustomTaskSpec(tmp_path / "train.jsonl", "review: {text}", "label"))
     with pytest.raises(SoftpromptError, match=r"train\.jsonl, line 2: field 'text' is missing"):
         task.load("train", None)
+
+
+
+# --- a custom task's spec as JSON data ---------------------------------------------------------
+
+
+def test_custom_spec_round_trips_through_json(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", [{"text": "Great film", "label": "pos"}])
+    write_lines(tmp_path / "dev.csv", ["text,label", "Dull,neg"])
+    spec = CustomTaskSpec(tmp_path / "train.jsonl", "review: {text}", "label", validation_file=tmp_path / "dev.csv",
+                          labels=("neg", "pos"), name="reviews")
+    data = spec.to_dict()
+    assert data == {
+        "train_file": str(tmp_path / "train.jsonl"),
+        "input_template": "review: {text}",
+        "target_field": "label",
+        "validation_file": str(tmp_path / "dev.csv"),
+        "test_file": None,
+        "labels": ["neg", "pos"],
+        "name": "reviews",
+    }
+    back = CustomTaskSpec.from_dict(json.loads(json.dumps(data)), "prompt.json")
+    assert back == CustomTaskSpec(str(tmp_path / "train.jsonl"), "review: {text}", "label",
+                                  validation_file=str(tmp_path / "dev.csv"), labels=("neg", "pos"), name="reviews")
+    assert back.to_dict() == data
+    assert custom_task(back).load("validation", None) == custom_task(spec).load("validation", None)
+
+
+def test_custom_spec_dict_leaves_out_nothing_and_fills_defaults():
+    spec = CustomTaskSpec.from_dict({"train_file": "/d/t.jsonl", "input_template": "{q}", "target_field": "a"}, "run.json")
+    assert spec == CustomTaskSpec("/d/t.jsonl", "{q}", "a")
+    assert (spec.validation_file, spec.test_file, spec.labels, spec.name) == (None, None, None, "custom")
+
+
+def test_custom_spec_dicts_are_equal_however_the_path_is_spelled(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    spellings = ["./x.jsonl", "x.jsonl", "sub/../x.jsonl", tmp_path / "x.jsonl", str(tmp_path / "x.jsonl")]
+    dicts = [CustomTaskSpec(path, "{q}", "a", test_file=path).to_dict() for path in spellings]
+    assert all(d == dicts[0] for d in dicts) and dicts[0]["test_file"] == str(tmp_path / "x.jsonl")
+    assert CustomTaskSpec("y.jsonl", "{q}", "a").to_dict() != dicts[0]
+
+
+REQUIRED_SPEC = {"train_file": "t.jsonl", "input_template": "{q}", "target_field": "a"}
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"train_file": "t.jsonl", "input_template": "{q}"}, "field 'target_field' is missing"),
+        ({**REQUIRED_SPEC, "dev_file": "d.jsonl"}, "field 'dev_file' is unknown (known fields: train_file, input_template"),
+        ({**REQUIRED_SPEC, "labels": "neg,pos"}, "field 'labels' must be a list of strings, found 'neg,pos'"),
+        ({**REQUIRED_SPEC, "labels": ["neg", 1]}, "field 'labels' must be a list of strings, found ['neg', 1]"),
+        ({**REQUIRED_SPEC, "train_file": 3}, "field 'train_file' must be a string, found int 3"),
+        ({**REQUIRED_SPEC, "input_template": None}, "field 'input_template' must be a string, found NoneType None"),
+        ({**REQUIRED_SPEC, "validation_file": ["d.jsonl"]}, "field 'validation_file' must be a string, found list"),
+        ({**REQUIRED_SPEC, "name": None}, "field 'name' must be a string"),
+    ],
+)
+def test_custom_spec_from_dict_names_the_source_and_the_bad_field(data, message):
+    expected = f"prompt.json, metadata.task_spec: custom task spec {message}"
+    with pytest.raises(SoftpromptError, match=f"^{re.escape(expected)}"):
+        CustomTaskSpec.from_dict(data, "prompt.json, metadata.task_spec")
+
+
+def test_custom_spec_from_dict_rejects_a_non_object():
+    with pytest.raises(SoftpromptError, match=r"^config\.json: a custom task spec must be an object, found list"):
+        CustomTaskSpec.from_dict(["t.jsonl"], "config.json")
+
+
+def test_custom_spec_fields_carry_one_line_help_in_their_order():
+    spec_fields = dataclasses.fields(CustomTaskSpec)
+    order = ["train_file", "input_template", "target_field", "validation_file", "test_file", "labels", "name"]
+    assert [f.name for f in spec_fields] == order
+    assert all(f.metadata["help"].strip() and "\n" not in f.metadata["help"] for f in spec_fields)
+    assert {f.name: f.metadata["flag"] for f in spec_fields if "flag" in f.metadata} == {"validation_file": "dev-file"}
 
 
 # --- bad input: one SoftpromptError naming file, line and field ------------------------------

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-import re
 
 from softprompt.errors import SoftpromptError
-from softprompt.tasks.base import SPLITS, Example, Metric, Task, require_examples
+from softprompt.tasks.base import SPLITS, Example, Metric, Task, require_examples, task_key
 from softprompt.tasks.custom import CustomTaskSpec, custom_task
 from softprompt.tasks.glue import GLUE_TASKS, PARAPHRASE_LABEL_MAP
 from softprompt.tasks.qa import QA_TASKS, load_mrqa, mrqa_task
@@ -16,17 +15,12 @@ from softprompt.tasks.superglue import SUPERGLUE_TASKS
 TASKS: dict[str, Task] = {task.name: task for task in (*GLUE_TASKS, *SUPERGLUE_TASKS, *QA_TASKS)}
 
 
-def _lookup_key(name: str) -> str:
-    """Case, hyphens, underscores and spaces do not matter: "SST-2" finds "sst2"."""
-    return re.sub(r"[-_\s]", "", name.lower())
-
-
-_BY_KEY = {_lookup_key(name): task for name, task in TASKS.items()}
+_BY_KEY = {task_key(name): task for name, task in TASKS.items()}
 
 
 def get_task(name: str) -> Task:
     """The registered task called `name`; raises SoftpromptError listing the known names."""
-    task = _BY_KEY.get(_lookup_key(name))
+    task = _BY_KEY.get(task_key(name))
     if task is None:
         raise SoftpromptError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
     return task

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -85,3 +86,7 @@ def require_examples(
         raise SoftpromptError(f"{task.describe(split, data_dir)}: the {split} split of task {task.name} holds no examples")
     return list(examples)
 
+
+def task_key(name: str) -> str:
+    """A task name as looked up: case, hyphens, underscores and spaces do not matter ("SST-2" is "sst2")."""
+    return re.sub(r"[-_\s]", "", name.lower())

@@ -7,10 +7,18 @@ import os
 from softprompt.errors import SoftpromptError
 from softprompt.tasks.base import SPLITS, Example, Metric, Task, require_examples, task_key
 from softprompt.tasks.custom import CustomTaskSpec, custom_task
-from softprompt.tasks.glue import GLUE_TASKS, PARAPHRASE_LABEL_MAP
+from softprompt.tasks.glue import GLUE_TASKS
 from softprompt.tasks.qa import QA_TASKS, load_mrqa, mrqa_task
 from softprompt.tasks.sources import DATA_DIR_ENV, resolve_data_dir
 from softprompt.tasks.superglue import SUPERGLUE_TASKS
+from softprompt.tasks.transfer import (
+    BUILTIN_LABEL_MAPS,
+    PARAPHRASE_LABEL_MAP,
+    check_label_map,
+    label_map_for,
+    mapped_task,
+    parse_label_map,
+)
 
 TASKS: dict[str, Task] = {task.name: task for task in (*GLUE_TASKS, *SUPERGLUE_TASKS, *QA_TASKS)}
 
@@ -32,6 +40,7 @@ def load_examples(task: Task | str, split: str, data_dir: str | os.PathLike | No
 
 
 __all__ = [
+    "BUILTIN_LABEL_MAPS",
     "DATA_DIR_ENV",
     "PARAPHRASE_LABEL_MAP",
     "SPLITS",
@@ -40,11 +49,15 @@ __all__ = [
     "Example",
     "Metric",
     "Task",
+    "check_label_map",
     "custom_task",
     "get_task",
+    "label_map_for",
     "load_examples",
     "load_mrqa",
+    "mapped_task",
     "mrqa_task",
+    "parse_label_map",
     "require_examples",
     "resolve_data_dir",
 ]

@@ -66,6 +66,3 @@ QQP = classification_task(
 )
 
 GLUE_TASKS = (SST2, MRPC, QQP)
-
-# Zero-shot paraphrase transfer between QQP and MRPC reads one task's labels as the other's.
-PARAPHRASE_LABEL_MAP = {"duplicate": "equivalent", "not_duplicate": "not_equivalent"}

@@ -6,7 +6,7 @@ import dataclasses
 import gzip
 import json
 import re
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -29,11 +29,10 @@ from softprompt.tasks import (
 from softprompt.tasks.metrics import normalize_answer, refers_to
 from softprompt.tasks.superglue import mark_pronoun
 
-
 # `data_dir` (the real shared data) is the session fixture of tests/conftest.py.
 
 
-@lru_cache(maxsize=None)
+@cache
 def load(name: str, split: str, data_dir: Path) -> tuple[Example, ...]:
     """Each real split is read once per test session."""
     return tuple(get_task(name).load(split, data_dir))
@@ -339,12 +338,14 @@ def test_squad_names_the_json_path_of_a_missing_field(tmp_path):
     del doc["data"][0]["paragraphs"][0]["qas"][1]["question"]
     (tmp_path / "squad").mkdir()
     (tmp_path / "squad/train-v1.1.json").write_text(json.dumps(doc), encoding="utf-8")
-    with pytest.raises(SoftpromptError, match=r"train-v1\.1\.json: field 'data\[0\]\.paragraphs\[0\]\.qas\[1\]\.question' is missing"):
+    field = r"'data\[0\]\.paragraphs\[0\]\.qas\[1\]\.question'"
+    with pytest.raises(SoftpromptError, match=rf"train-v1\.1\.json: field {field} is missing"):
         get_task("squad").load("train", tmp_path)
 
 
 def test_mrqa_reads_gzipped_files_and_skips_the_header(tmp_path):
-    lines = [{"header": {"dataset": "RACE"}}, {"context": "Ann is 7.", "qas": [{"qid": "a", "question": "Age?", "answers": ["7"]}]}]
+    qas = [{"qid": "a", "question": "Age?", "answers": ["7"]}]
+    lines = [{"header": {"dataset": "RACE"}}, {"context": "Ann is 7.", "qas": qas}]
     (tmp_path / "mrqa").mkdir()
     (tmp_path / "mrqa/RACE.jsonl.gz").write_bytes(gzip.compress("\n".join(map(json.dumps, lines)).encode()))
     (example,) = get_task("mrqa-race").load("validation", tmp_path)

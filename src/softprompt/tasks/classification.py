@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from softprompt.tasks.base import Example, Metric, Task
 from softprompt.tasks.records import Record

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from softprompt.errors import SoftpromptError
 from softprompt.tasks.base import Example, Task
@@ -146,7 +147,7 @@ def checked_labels(spec: CustomTaskSpec) -> tuple[str, ...] | None:
     if spec.labels is None:
         return None
     labels = tuple(spec.labels) if not isinstance(spec.labels, str) else ()
-    if not labels or len(set(labels)) != len(labels) or not all(isinstance(l, str) and l.strip() for l in labels):
+    if not labels or len(set(labels)) != len(labels) or not all(isinstance(label, str) and label.strip() for label in labels):
         raise SoftpromptError(
             f"custom task {spec.name!r}: labels must be distinct non-empty strings, got {spec.labels!r}"
         )

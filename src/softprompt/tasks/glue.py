@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from softprompt.tasks.classification import ClassificationSpec, classification_task
 from softprompt.tasks.metrics import accuracy, f1_and_accuracy

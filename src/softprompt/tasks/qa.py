@@ -7,8 +7,8 @@ against all gold answers. MRQA's out-of-domain sets are the paper's zero-shot tr
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from softprompt.errors import SoftpromptError
 from softprompt.tasks.base import Example, Task

@@ -8,9 +8,9 @@ here only.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping
 
 from softprompt.errors import SoftpromptError
 from softprompt.tasks.base import SPLITS

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
-from functools import lru_cache
+import re
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -16,20 +18,21 @@ from softprompt.tasks import (
     TASKS,
     CustomTaskSpec,
     Example,
+    Task,
     custom_task,
     get_task,
     load_examples,
     load_mrqa,
+    require_examples,
     resolve_data_dir,
 )
 from softprompt.tasks.metrics import normalize_answer, refers_to
 from softprompt.tasks.superglue import mark_pronoun
 
-
 # `data_dir` (the real shared data) is the session fixture of tests/conftest.py.
 
 
-@lru_cache(maxsize=None)
+@cache
 def load(name: str, split: str, data_dir: Path) -> tuple[Example, ...]:
     """Each real split is read once per test session."""
     return tuple(get_task(name).load(split, data_dir))
@@ -335,12 +338,14 @@ def test_squad_names_the_json_path_of_a_missing_field(tmp_path):
     del doc["data"][0]["paragraphs"][0]["qas"][1]["question"]
     (tmp_path / "squad").mkdir()
     (tmp_path / "squad/train-v1.1.json").write_text(json.dumps(doc), encoding="utf-8")
-    with pytest.raises(SoftpromptError, match=r"train-v1\.1\.json: field 'data\[0\]\.paragraphs\[0\]\.qas\[1\]\.question' is missing"):
+    field = r"'data\[0\]\.paragraphs\[0\]\.qas\[1\]\.question'"
+    with pytest.raises(SoftpromptError, match=rf"train-v1\.1\.json: field {field} is missing"):
         get_task("squad").load("train", tmp_path)
 
 
 def test_mrqa_reads_gzipped_files_and_skips_the_header(tmp_path):
-    lines = [{"header": {"dataset": "RACE"}}, {"context": "Ann is 7.", "qas": [{"qid": "a", "question": "Age?", "answers": ["7"]}]}]
+    qas = [{"qid": "a", "question": "Age?", "answers": ["7"]}]
+    lines = [{"header": {"dataset": "RACE"}}, {"context": "Ann is 7.", "qas": qas}]
     (tmp_path / "mrqa").mkdir()
     (tmp_path / "mrqa/RACE.jsonl.gz").write_bytes(gzip.compress("\n".join(map(json.dumps, lines)).encode()))
     (example,) = get_task("mrqa-race").load("validation", tmp_path)
@@ -410,6 +415,82 @@ def test_custom_task_names_a_missing_template_field(tmp_path):
     task = custom_task(CustomTaskSpec(tmp_path / "train.jsonl", "review: {text}", "label"))
     with pytest.raises(SoftpromptError, match=r"train\.jsonl, line 2: field 'text' is missing"):
         task.load("train", None)
+
+
+
+# --- a custom task's spec as JSON data ---------------------------------------------------------
+
+
+def test_custom_spec_round_trips_through_json(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", [{"text": "Great film", "label": "pos"}])
+    write_lines(tmp_path / "dev.csv", ["text,label", "Dull,neg"])
+    spec = CustomTaskSpec(tmp_path / "train.jsonl", "review: {text}", "label", validation_file=tmp_path / "dev.csv",
+                          labels=("neg", "pos"), name="reviews")
+    data = spec.to_dict()
+    assert data == {
+        "train_file": str(tmp_path / "train.jsonl"),
+        "input_template": "review: {text}",
+        "target_field": "label",
+        "validation_file": str(tmp_path / "dev.csv"),
+        "test_file": None,
+        "labels": ["neg", "pos"],
+        "name": "reviews",
+    }
+    back = CustomTaskSpec.from_dict(json.loads(json.dumps(data)), "prompt.json")
+    assert back == CustomTaskSpec(str(tmp_path / "train.jsonl"), "review: {text}", "label",
+                                  validation_file=str(tmp_path / "dev.csv"), labels=("neg", "pos"), name="reviews")
+    assert back.to_dict() == data
+    assert custom_task(back).load("validation", None) == custom_task(spec).load("validation", None)
+
+
+def test_custom_spec_dict_leaves_out_nothing_and_fills_defaults():
+    spec = CustomTaskSpec.from_dict({"train_file": "/d/t.jsonl", "input_template": "{q}", "target_field": "a"}, "run.json")
+    assert spec == CustomTaskSpec("/d/t.jsonl", "{q}", "a")
+    assert (spec.validation_file, spec.test_file, spec.labels, spec.name) == (None, None, None, "custom")
+
+
+def test_custom_spec_dicts_are_equal_however_the_path_is_spelled(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    spellings = ["./x.jsonl", "x.jsonl", "sub/../x.jsonl", tmp_path / "x.jsonl", str(tmp_path / "x.jsonl")]
+    dicts = [CustomTaskSpec(path, "{q}", "a", test_file=path).to_dict() for path in spellings]
+    assert all(d == dicts[0] for d in dicts) and dicts[0]["test_file"] == str(tmp_path / "x.jsonl")
+    assert CustomTaskSpec("y.jsonl", "{q}", "a").to_dict() != dicts[0]
+
+
+REQUIRED_SPEC = {"train_file": "t.jsonl", "input_template": "{q}", "target_field": "a"}
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"train_file": "t.jsonl", "input_template": "{q}"}, "field 'target_field' is missing"),
+        ({**REQUIRED_SPEC, "dev_file": "d.jsonl"}, "field 'dev_file' is unknown (known fields: train_file, input_template"),
+        ({**REQUIRED_SPEC, "labels": "neg,pos"}, "field 'labels' must be a list of strings, found 'neg,pos'"),
+        ({**REQUIRED_SPEC, "labels": ["neg", 1]}, "field 'labels' must be a list of strings, found ['neg', 1]"),
+        ({**REQUIRED_SPEC, "train_file": 3}, "field 'train_file' must be a string, found int 3"),
+        ({**REQUIRED_SPEC, "input_template": None}, "field 'input_template' must be a string, found NoneType None"),
+        ({**REQUIRED_SPEC, "validation_file": ["d.jsonl"]}, "field 'validation_file' must be a string, found list"),
+        ({**REQUIRED_SPEC, "name": None}, "field 'name' must be a string"),
+    ],
+)
+def test_custom_spec_from_dict_names_the_source_and_the_bad_field(data, message):
+    expected = f"prompt.json, metadata.task_spec: custom task spec {message}"
+    with pytest.raises(SoftpromptError, match=f"^{re.escape(expected)}"):
+        CustomTaskSpec.from_dict(data, "prompt.json, metadata.task_spec")
+
+
+def test_custom_spec_from_dict_rejects_a_non_object():
+    with pytest.raises(SoftpromptError, match=r"^config\.json: a custom task spec must be an object, found list"):
+        CustomTaskSpec.from_dict(["t.jsonl"], "config.json")
+
+
+def test_custom_spec_fields_carry_one_line_help_in_their_order():
+    spec_fields = dataclasses.fields(CustomTaskSpec)
+    order = ["train_file", "input_template", "target_field", "validation_file", "test_file", "labels", "name"]
+    assert [f.name for f in spec_fields] == order
+    assert all(f.metadata["help"].strip() and "\n" not in f.metadata["help"] for f in spec_fields)
+    assert {f.name: f.metadata["flag"] for f in spec_fields if "flag" in f.metadata} == {"validation_file": "dev-file"}
 
 
 # --- bad input: one SoftpromptError naming file, line and field ------------------------------
@@ -544,3 +625,68 @@ def test_without_a_data_dir_rows_come_from_the_hub(monkeypatch):
     assert (squad.target, squad.answers) == ("x", ("x", "y"))
     with pytest.raises(SoftpromptError, match="Hugging Face hub"):
         get_task("rte").load("validation", None)  # not in the fake: the failure is one clear message
+
+
+# --- where a split comes from, for error messages ---------------------------------------------
+
+LOCAL_SOURCES = [
+    ("sst2", "validation", "glue/SST-2/dev.tsv"),
+    ("mrpc", "train", "glue/MRPC/train.tsv"),
+    ("qqp", "test", "glue/QQP/test.tsv"),
+    ("rte", "validation", "superglue/RTE/val.jsonl"),
+    ("cb", "test", "superglue/CB/test.jsonl"),
+    ("multirc", "train", "superglue/MultiRC/train.jsonl"),
+    ("wsc", "validation", "superglue/WSC/val.jsonl"),
+    ("record", "validation", "superglue/ReCoRD/val.jsonl"),
+    ("squad", "validation", "squad/dev-v1.1.json"),
+    ("mrqa-drop", "validation", "mrqa/DROP.jsonl"),
+]
+
+
+@pytest.mark.parametrize("name, split, relative", LOCAL_SOURCES)
+def test_describe_names_the_local_file_of_every_task_family(data_dir, name, split, relative):
+    assert get_task(name).describe(split, data_dir) == str(data_dir / relative)
+
+
+def test_describe_names_the_real_glue_dev_file_the_loader_reads(data_dir, monkeypatch):
+    monkeypatch.setenv(DATA_DIR_ENV, str(data_dir))
+    path = Path(get_task("sst2").describe("validation", None))
+    assert path == data_dir / "glue/SST-2/dev.tsv" and path.is_file()
+
+
+def test_describe_names_the_hub_dataset_without_a_data_dir(monkeypatch):
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    assert get_task("sst2").describe("validation") == "hub nyu-mll/glue/sst2"
+    assert get_task("wsc").describe("train") == "hub aps/super_glue/wsc.fixed"
+    assert get_task("squad").describe("validation") == "hub rajpurkar/squad/plain_text"
+
+
+def test_describe_falls_back_to_the_task_and_split(tmp_path, monkeypatch):
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    assert get_task("mrqa-drop").describe("validation") == "task mrqa-drop, validation split"  # no hub copy
+    assert get_task("squad").describe("test", tmp_path) == "task squad, test split"  # SQuAD has no test file
+    bare = Task(name="bare", load=lambda split, data_dir: [], metric=lambda p, e: {})
+    assert bare.describe("train") == "task bare, train split"
+
+
+def test_custom_describe_names_the_spec_file_of_the_split(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    task = custom_task(CustomTaskSpec("train.csv", "{text}", "label", validation_file="./dev.csv", name="mine"))
+    assert task.describe("train") == str(tmp_path / "train.csv")
+    assert task.describe("validation", "/elsewhere") == str(tmp_path / "dev.csv")  # the data dir does not apply
+    assert task.describe("test") == "task mine, test split"
+
+
+def test_require_examples_names_the_csv_of_an_empty_split(tmp_path):
+    path = write_lines(tmp_path / "train.csv", ["text,label"])  # a header row and nothing else
+    task = custom_task(CustomTaskSpec(path, "review: {text}", "label", labels=("neg", "pos"), name="reviews"))
+    examples = task.load("train", None)
+    assert examples == []
+    expected = f"{path}: the train split of task reviews holds no examples"
+    with pytest.raises(SoftpromptError, match=f"^{re.escape(expected)}$"):
+        require_examples(task, "train", None, examples)
+
+
+def test_require_examples_passes_examples_through(data_dir):
+    examples = load("cb", "validation", data_dir)
+    assert require_examples(get_task("cb"), "validation", data_dir, examples) == list(examples)

@@ -3,30 +3,32 @@
 from __future__ import annotations
 
 import os
-import re
 
 from softprompt.errors import SoftpromptError
-from softprompt.tasks.base import SPLITS, Example, Metric, Task
+from softprompt.tasks.base import SPLITS, Example, Metric, Task, require_examples, task_key
 from softprompt.tasks.custom import CustomTaskSpec, custom_task
-from softprompt.tasks.glue import GLUE_TASKS, PARAPHRASE_LABEL_MAP
+from softprompt.tasks.glue import GLUE_TASKS
 from softprompt.tasks.qa import QA_TASKS, load_mrqa, mrqa_task
 from softprompt.tasks.sources import DATA_DIR_ENV, resolve_data_dir
 from softprompt.tasks.superglue import SUPERGLUE_TASKS
+from softprompt.tasks.transfer import (
+    BUILTIN_LABEL_MAPS,
+    PARAPHRASE_LABEL_MAP,
+    check_label_map,
+    label_map_for,
+    mapped_task,
+    parse_label_map,
+)
 
 TASKS: dict[str, Task] = {task.name: task for task in (*GLUE_TASKS, *SUPERGLUE_TASKS, *QA_TASKS)}
 
 
-def _lookup_key(name: str) -> str:
-    """Case, hyphens, underscores and spaces do not matter: "SST-2" finds "sst2"."""
-    return re.sub(r"[-_\s]", "", name.lower())
-
-
-_BY_KEY = {_lookup_key(name): task for name, task in TASKS.items()}
+_BY_KEY = {task_key(name): task for name, task in TASKS.items()}
 
 
 def get_task(name: str) -> Task:
     """The registered task called `name`; raises SoftpromptError listing the known names."""
-    task = _BY_KEY.get(_lookup_key(name))
+    task = _BY_KEY.get(task_key(name))
     if task is None:
         raise SoftpromptError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
     return task
@@ -45,6 +47,7 @@ def load_examples(task: Task | str, split: str, data_dir: str | os.PathLike | No
 
 
 __all__ = [
+    "BUILTIN_LABEL_MAPS",
     "DATA_DIR_ENV",
     "PARAPHRASE_LABEL_MAP",
     "SPLITS",
@@ -53,11 +56,16 @@ __all__ = [
     "Example",
     "Metric",
     "Task",
+    "check_label_map",
     "custom_task",
     "get_task",
+    "label_map_for",
     "load_examples",
     "load_task",
     "load_mrqa",
+    "mapped_task",
     "mrqa_task",
+    "parse_label_map",
+    "require_examples",
     "resolve_data_dir",
 ]

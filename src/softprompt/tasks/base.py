@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+
+from softprompt.errors import SoftpromptError
 
 # Split names used everywhere; each task maps them to its own files.
 SPLITS = ("train", "validation", "test")
@@ -39,7 +43,8 @@ class Task:
     `labels` are the legal outputs of a classification task (None for free text);
     `init_words` seed class-label initialisation where labels are not short words.
     `load(split, data_dir)` reads the examples; `metric(predictions, examples)` scores them,
-    its first key being the one used to keep the best prompt.
+    its first key being the one used to keep the best prompt. `source(split, data_dir)` says
+    where `load` reads that split from (a file path, a hub dataset), for error messages.
     """
 
     name: str
@@ -47,8 +52,41 @@ class Task:
     metric: Metric
     labels: tuple[str, ...] | None = None
     init_words: tuple[str, ...] = field(default=())
+    source: Callable[[str, Path | None], str] | None = None
 
     @property
     def class_words(self) -> tuple[str, ...]:
         """Words for class-label initialisation: the labels, else the task's word list."""
         return self.labels or self.init_words
+
+    def describe(self, split: str, data_dir: str | os.PathLike | None = None) -> str:
+        """Where `split` is read from: the local file, else the hub dataset, else "task <name>, <split> split".
+
+        Meant for building error messages, so it raises nothing of its own: a source that cannot
+        say (a split the task lacks, a data directory that does not exist) gives the fallback.
+        """
+        fallback = f"task {self.name}, {split} split"
+        if self.source is None:
+            return fallback
+        try:
+            return self.source(split, data_dir)
+        except SoftpromptError:
+            return fallback
+
+
+def require_examples(
+    task: Task, split: str, data_dir: str | os.PathLike | None, examples: Sequence[Example]
+) -> list[Example]:
+    """`examples` as a list; raises SoftpromptError naming where the split came from when there are none.
+
+    An empty split (a CSV with only its header row) would otherwise surface later as a
+    division by zero or an empty batch, far from the file at fault.
+    """
+    if not examples:
+        raise SoftpromptError(f"{task.describe(split, data_dir)}: the {split} split of task {task.name} holds no examples")
+    return list(examples)
+
+
+def task_key(name: str) -> str:
+    """A task name as looked up: case, hyphens, underscores and spaces do not matter ("SST-2" is "sst2")."""
+    return re.sub(r"[-_\s]", "", name.lower())

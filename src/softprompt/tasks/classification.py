@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from softprompt.tasks.base import Example, Metric, Task
 from softprompt.tasks.records import Record
-from softprompt.tasks.sources import HubSource, LocalReader, split_records
+from softprompt.tasks.sources import HubSource, LocalFile, LocalReader, source_of, split_records
 
 
 @dataclass(frozen=True)
@@ -16,6 +16,7 @@ class ClassificationSpec:
     """Everything that differs between two text-classification tasks.
 
     `labels` are in the order of the datasets' integer labels (0 -> labels[0]).
+    `local_file` names the file `local` reads for a split, for error messages.
     `group` names the unit a metric scores together (a MultiRC question);
     `allow_empty` lists template fields that official data may leave empty.
     """
@@ -25,6 +26,7 @@ class ClassificationSpec:
     labels: tuple[str, ...]
     metric: Metric
     local: LocalReader
+    local_file: LocalFile
     hub: HubSource
     group: Callable[[Record], str] | None = None
     allow_empty: tuple[str, ...] = ()
@@ -53,4 +55,4 @@ def classification_task(spec: ClassificationSpec) -> Task:
         records = split_records(split, data_dir, spec.local, spec.hub)
         return [classification_example(spec, record, labelled=split != "test") for record in records]
 
-    return Task(name=spec.name, load=load, metric=spec.metric, labels=spec.labels)
+    return Task(name=spec.name, load=load, metric=spec.metric, labels=spec.labels, source=source_of(spec.local_file, spec.hub))

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from softprompt.tasks.classification import ClassificationSpec, classification_task
 from softprompt.tasks.metrics import accuracy, f1_and_accuracy
 from softprompt.tasks.records import Record, read_tsv
-from softprompt.tasks.sources import HubSource, LocalReader, split_file
+from softprompt.tasks.sources import HubSource, LocalFile, LocalReader, split_file
 
 GLUE_FILES = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
 
 
+def glue_file(folder: str) -> LocalFile:
+    """The path `glue/<folder>/<split>.tsv`."""
+    return lambda root, split: split_file(root, f"glue/{folder}", GLUE_FILES, split)
+
+
 def glue_reader(folder: str, rename: Mapping[str, str] | None = None) -> LocalReader:
     """Reads `glue/<folder>/<split>.tsv`, renaming the official columns to the hub's names."""
+    file = glue_file(folder)
 
     def read(root: Path, split: str) -> Iterable[Record]:
-        return read_tsv(split_file(root, f"glue/{folder}", GLUE_FILES, split), rename)
+        return read_tsv(file(root, split), rename)
 
     return read
 
@@ -29,6 +35,7 @@ SST2 = classification_task(
         labels=("negative", "positive"),
         metric=accuracy,
         local=glue_reader("SST-2"),
+        local_file=glue_file("SST-2"),
         hub=HubSource("nyu-mll/glue", "sst2"),
     )
 )
@@ -40,6 +47,7 @@ MRPC = classification_task(
         labels=("not_equivalent", "equivalent"),
         metric=f1_and_accuracy("equivalent"),
         local=glue_reader("MRPC", {"Quality": "label", "#1 String": "sentence1", "#2 String": "sentence2"}),
+        local_file=glue_file("MRPC"),
         hub=HubSource("nyu-mll/glue", "mrpc"),
     )
 )
@@ -51,12 +59,10 @@ QQP = classification_task(
         labels=("not_duplicate", "duplicate"),
         metric=f1_and_accuracy("duplicate"),
         local=glue_reader("QQP", {"is_duplicate": "label"}),
+        local_file=glue_file("QQP"),
         hub=HubSource("nyu-mll/glue", "qqp"),
         allow_empty=("question1", "question2"),  # two official train rows have an empty question2
     )
 )
 
 GLUE_TASKS = (SST2, MRPC, QQP)
-
-# Zero-shot paraphrase transfer between QQP and MRPC reads one task's labels as the other's.
-PARAPHRASE_LABEL_MAP = {"duplicate": "equivalent", "not_duplicate": "not_equivalent"}

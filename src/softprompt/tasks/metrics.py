@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter, defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 from sklearn.metrics import accuracy_score, f1_score
 
@@ -71,7 +71,7 @@ def multirc_f1a_em(predictions: Sequence[str], examples: Sequence[Example]) -> d
     preds, targets = _pair(predictions, examples)
     f1a = f1_score(targets, preds, labels=["True"], average="micro", zero_division=0)
     question_right: dict[str | None, bool] = defaultdict(lambda: True)
-    for pred, target, example in zip(preds, targets, examples):
+    for pred, target, example in zip(preds, targets, examples, strict=True):
         question_right[example.group] = question_right[example.group] and pred == target
     em = sum(question_right.values()) / len(question_right)
     return {"f1a": float(f1a), "em": float(em)}
@@ -104,7 +104,7 @@ def squad_f1_em(predictions: Sequence[str], examples: Sequence[Example]) -> dict
     """SQuAD / ReCoRD / MRQA: F1 and exact match, each the best over an example's gold answers."""
     preds, _ = _pair(predictions, examples)
     f1 = em = 0.0
-    for pred, example in zip(preds, examples):
+    for pred, example in zip(preds, examples, strict=True):
         golds = example.answers or (example.target,)
         f1 += max(token_f1(pred, gold) for gold in golds)
         em += max(float(normalize_answer(pred) == normalize_answer(gold)) for gold in golds)
@@ -127,6 +127,6 @@ def refers_to(prediction: str, referent: str) -> bool:
 def wsc_accuracy(predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, float]:
     """WSC: a prediction says "True" when it names the example's candidate; right when that equals the label."""
     preds, _ = _pair(predictions, examples)
-    said_true = [refers_to(pred, example.target) for pred, example in zip(preds, examples)]
+    said_true = [refers_to(pred, example.target) for pred, example in zip(preds, examples, strict=True)]
     labels = [bool(example.label) for example in examples]
     return {"accuracy": float(accuracy_score(labels, said_true))}

@@ -7,14 +7,14 @@ against all gold answers. MRQA's out-of-domain sets are the paper's zero-shot tr
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from softprompt.errors import SoftpromptError
 from softprompt.tasks.base import Example, Task
 from softprompt.tasks.metrics import squad_f1_em
 from softprompt.tasks.records import Record, read_json, read_jsonl
-from softprompt.tasks.sources import HubSource, split_file, split_records
+from softprompt.tasks.sources import HubSource, source_of, split_file, split_records
 
 SQUAD_FILES = {"train": "train-v1.1.json", "validation": "dev-v1.1.json"}
 
@@ -41,9 +41,14 @@ def qa_example(record: Record, labelled: bool) -> Example:
     )
 
 
+def squad_file(root: Path, split: str) -> Path:
+    """The path `squad/<split file>`."""
+    return split_file(root, "squad", SQUAD_FILES, split)
+
+
 def squad_question_records(root: Path, split: str) -> Iterator[Record]:
     """Flattens SQuAD's data -> paragraphs -> qas into one record per question."""
-    document = read_json(split_file(root, "squad", SQUAD_FILES, split))
+    document = read_json(squad_file(root, split))
     for article in document.children("data"):
         for paragraph in article.children("paragraphs"):
             context = paragraph.text("context")
@@ -58,13 +63,15 @@ def squad_hub_row(row: dict) -> dict:
     return {**row, "answers": list(row["answers"]["text"])}
 
 
+SQUAD_HUB = HubSource("rajpurkar/squad", "plain_text", reshape=squad_hub_row)
+
+
 def load_squad(split: str, data_dir: str | os.PathLike | None = None) -> list[Example]:
-    hub = HubSource("rajpurkar/squad", "plain_text", reshape=squad_hub_row)
-    records = split_records(split, data_dir, squad_question_records, hub)
+    records = split_records(split, data_dir, squad_question_records, SQUAD_HUB)
     return [qa_example(record, labelled=split != "test") for record in records]
 
 
-SQUAD = Task(name="squad", load=load_squad, metric=squad_f1_em)
+SQUAD = Task(name="squad", load=load_squad, metric=squad_f1_em, source=source_of(squad_file, SQUAD_HUB))
 
 
 def mrqa_question_records(path: Path) -> Iterator[Record]:
@@ -103,7 +110,8 @@ def mrqa_task(suffix: str, stem: str) -> Task:
         records = split_records(split, data_dir, read, hub=None)
         return [qa_example(record, labelled=True) for record in records]
 
-    return Task(name=f"mrqa-{suffix}", load=load, metric=squad_f1_em)
+    source = source_of(lambda root, split: mrqa_file(root, stem), hub=None)
+    return Task(name=f"mrqa-{suffix}", load=load, metric=squad_f1_em, source=source)
 
 
 QA_TASKS: tuple[Task, ...] = (SQUAD, *(mrqa_task(suffix, stem) for suffix, stem in MRQA_SETS.items()))

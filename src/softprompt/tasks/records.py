@@ -10,9 +10,10 @@ import gzip
 import io
 import json
 import string
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from softprompt.errors import SoftpromptError
 
@@ -207,6 +208,6 @@ def _read_table(path: Path, delimiter: str, quoting: int, rename: Mapping[str, s
             if len(row) != len(columns):
                 expected = f"{len(columns)} fields ({', '.join(columns)})"
                 raise SoftpromptError(f"{where}: expected {expected}, found {len(row)}")
-            yield Record(dict(zip(columns, row)), where)
+            yield Record(dict(zip(columns, row, strict=True)), where)
     except csv.Error as e:
         raise SoftpromptError(f"{path}, line {reader.line_num}: malformed row ({e})") from None

@@ -8,9 +8,9 @@ here only.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping
 
 from softprompt.errors import SoftpromptError
 from softprompt.tasks.base import SPLITS
@@ -20,6 +20,9 @@ DATA_DIR_ENV = "SOFTPROMPT_DATA_DIR"
 
 # Reads one split's records from a data directory.
 LocalReader = Callable[[Path, str], Iterable[Record]]
+
+# The file a LocalReader reads for one split of a data directory.
+LocalFile = Callable[[Path, str], Path]
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
@@ -53,6 +56,11 @@ class HubSource:
     rename: Mapping[str, str] = field(default_factory=dict)
     reshape: Callable[[dict], dict] | None = None
 
+    @property
+    def name(self) -> str:
+        """The dataset as messages name it: "hub nyu-mll/glue/sst2"."""
+        return f"hub {self.path}/{self.config}" if self.config else f"hub {self.path}"
+
 
 def hub_records(source: HubSource, split: str) -> Iterator[Record]:
     """Rows of one split from the hub as records; raises SoftpromptError when it cannot be fetched."""
@@ -69,7 +77,7 @@ def hub_records(source: HubSource, split: str) -> Iterator[Record]:
         fields = {source.rename.get(name, name): value for name, value in row.items()}
         if source.reshape is not None:
             fields = source.reshape(fields)
-        yield Record(fields, f"hub {source.path}/{source.config} {split}, row {index}")
+        yield Record(fields, f"{source.name} {split}, row {index}")
 
 
 def split_records(
@@ -90,3 +98,22 @@ def split_file(root: Path, folder: str, files: Mapping[str, str], split: str) ->
     if split not in files:
         raise SoftpromptError(f"{root / folder}: this task has no {split} split (has {', '.join(files)})")
     return root / folder / files[split]
+
+
+def split_source(split: str, data_dir: str | os.PathLike | None, local: LocalFile, hub: HubSource | None) -> str:
+    """Where split_records reads `split`: the local file under the resolved data directory, else the hub dataset.
+
+    Raises SoftpromptError as split_records does (unknown split, missing data directory, no hub source).
+    """
+    check_split(split)
+    root = resolve_data_dir(data_dir)
+    if root is not None:
+        return str(local(root, split))
+    if hub is None:
+        raise SoftpromptError(f"this task has no hub source; set {DATA_DIR_ENV} or pass a data directory")
+    return hub.name
+
+
+def source_of(local: LocalFile, hub: HubSource | None) -> Callable[[str, Path | None], str]:
+    """A Task's `source`: split_source over one task's local file layout and hub dataset."""
+    return lambda split, data_dir: split_source(split, data_dir, local, hub)

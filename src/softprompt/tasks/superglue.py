@@ -9,23 +9,28 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from softprompt.tasks.base import Example, Task
 from softprompt.tasks.classification import ClassificationSpec, classification_task
 from softprompt.tasks.metrics import accuracy, macro_f1_and_accuracy, multirc_f1a_em, squad_f1_em, wsc_accuracy
 from softprompt.tasks.records import Record, read_jsonl
-from softprompt.tasks.sources import HubSource, LocalReader, split_file, split_records
+from softprompt.tasks.sources import HubSource, LocalFile, LocalReader, source_of, split_file, split_records
 
 SUPERGLUE_FILES = {"train": "train.jsonl", "validation": "val.jsonl", "test": "test.jsonl"}
 SUPERGLUE_HUB = "aps/super_glue"
 BOOLEAN_LABELS = ("False", "True")
 
 
+def superglue_file(folder: str) -> LocalFile:
+    """The path `superglue/<folder>/<split file>`."""
+    return lambda root, split: split_file(root, f"superglue/{folder}", SUPERGLUE_FILES, split)
+
+
 def superglue_lines(root: Path, folder: str, split: str) -> Iterator[Record]:
     """The records of `superglue/<folder>/<split file>` as written."""
-    return read_jsonl(split_file(root, f"superglue/{folder}", SUPERGLUE_FILES, split))
+    return read_jsonl(superglue_file(folder)(root, split))
 
 
 def superglue_reader(folder: str) -> LocalReader:
@@ -40,6 +45,7 @@ BOOLQ = classification_task(
         labels=BOOLEAN_LABELS,
         metric=accuracy,
         local=superglue_reader("BoolQ"),
+        local_file=superglue_file("BoolQ"),
         hub=HubSource(SUPERGLUE_HUB, "boolq"),
     )
 )
@@ -52,6 +58,7 @@ CB = classification_task(
         labels=CB_LABELS,
         metric=macro_f1_and_accuracy(CB_LABELS),
         local=superglue_reader("CB"),
+        local_file=superglue_file("CB"),
         hub=HubSource(SUPERGLUE_HUB, "cb"),
     )
 )
@@ -63,6 +70,7 @@ COPA = classification_task(
         labels=("choice1", "choice2"),
         metric=accuracy,
         local=superglue_reader("COPA"),
+        local_file=superglue_file("COPA"),
         hub=HubSource(SUPERGLUE_HUB, "copa"),
     )
 )
@@ -74,6 +82,7 @@ RTE = classification_task(
         labels=("entailment", "not_entailment"),
         metric=accuracy,
         local=superglue_reader("RTE"),
+        local_file=superglue_file("RTE"),
         hub=HubSource(SUPERGLUE_HUB, "rte"),
     )
 )
@@ -85,6 +94,7 @@ WIC = classification_task(
         labels=BOOLEAN_LABELS,
         metric=accuracy,
         local=superglue_reader("WiC"),
+        local_file=superglue_file("WiC"),
         hub=HubSource(SUPERGLUE_HUB, "wic"),
     )
 )
@@ -129,6 +139,7 @@ MULTIRC = classification_task(
         labels=BOOLEAN_LABELS,
         metric=multirc_f1a_em,
         local=multirc_answer_records,
+        local_file=superglue_file("MultiRC"),
         hub=HubSource(SUPERGLUE_HUB, "multirc"),
         group=multirc_question,
         allow_empty=("answer",),
@@ -178,14 +189,23 @@ def wsc_example(record: Record, labelled: bool) -> Example:
     return Example(input=marked, target=record.text("span1_text"), label=None if index is None else bool(index))
 
 
+WSC_HUB = HubSource(SUPERGLUE_HUB, "wsc.fixed")
+
+
 def load_wsc(split: str, data_dir: str | os.PathLike | None = None) -> list[Example]:
     """WSC examples; training keeps only the correct-referent ones, as in the paper."""
-    records = split_records(split, data_dir, wsc_records, HubSource(SUPERGLUE_HUB, "wsc.fixed"))
+    records = split_records(split, data_dir, wsc_records, WSC_HUB)
     examples = [wsc_example(record, labelled=split != "test") for record in records]
     return [e for e in examples if e.label] if split == "train" else examples
 
 
-WSC = Task(name="wsc", load=load_wsc, metric=wsc_accuracy, init_words=("commonsense", "pronoun", "resolution"))
+WSC = Task(
+    name="wsc",
+    load=load_wsc,
+    metric=wsc_accuracy,
+    init_words=("commonsense", "pronoun", "resolution"),
+    source=source_of(superglue_file("WSC"), WSC_HUB),
+)
 
 
 # --- ReCoRD: generate an entity of the passage for the query's @placeholder -------------------
@@ -235,8 +255,11 @@ def record_example(record: Record, labelled: bool) -> Example:
     )
 
 
+RECORD_HUB = HubSource(SUPERGLUE_HUB, "record")
+
+
 def load_record(split: str, data_dir: str | os.PathLike | None = None) -> list[Example]:
-    records = split_records(split, data_dir, record_query_records, HubSource(SUPERGLUE_HUB, "record"))
+    records = split_records(split, data_dir, record_query_records, RECORD_HUB)
     return [record_example(record, labelled=split != "test") for record in records]
 
 
@@ -245,6 +268,7 @@ RECORD = Task(
     load=load_record,
     metric=squad_f1_em,
     init_words=("commonsense", "reasoning", "reading", "comprehension"),
+    source=source_of(superglue_file("ReCoRD"), RECORD_HUB),
 )
 
 SUPERGLUE_TASKS: tuple[Task, ...] = (BOOLQ, CB, COPA, MULTIRC, RECORD, RTE, WIC, WSC)

@@ -14,7 +14,7 @@ from transformers import (GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast, LlamaC
 from softprompt.backbones import Backbone, adapter_for
 from softprompt.model import PromptedModel
 
-DATA_DIR = Path(os.environ.get("SOFTPROMPT_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA_DIR = Path(os.environ.get("SOFTPROMPT_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data")).resolve()
 KINDS = ("t5", "gpt2")
 ALL_KINDS = ("t5", "gpt2", "llama")  # llama: rotary positions and a tokenizer that starts inputs with BOS
 

@@ -11,12 +11,11 @@ from peft import PeftModel, PromptTuningConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 
 from conftest import tiny_backbone
-from softprompt.data import Encoder, collate
+from softprompt.data import collate, encode
 from softprompt.errors import SoftpromptError
 from softprompt.interop import export_prompt, import_prompt
 from softprompt.interop.npy import export_npy, import_npy
 from softprompt.interop.peft import CONFIG_NAME, WEIGHTS_NAME, export_peft, import_peft
-from softprompt.prompt import SoftPrompt
 from softprompt.prompt_io import PromptMetadata, load_prompt, save_prompt
 from softprompt.tasks.base import Example
 
@@ -31,84 +30,88 @@ def offline(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
-def save_random_prompt(model, directory, length=4, extra=None) -> torch.Tensor:
-    """A prompt file as training writes it (which records no backbone kind unless `extra` does)."""
+def save_random_prompt(prompted, directory, length=4, kind=None) -> torch.Tensor:
+    """A prompt file that records no backbone kind unless `kind` says one."""
+    model = prompted.adapter
     weight = torch.rand(length, model.width, generator=torch.Generator().manual_seed(3)) - 0.5  # (p, e)
     metadata = PromptMetadata(
         length=length, width=model.width, init="random-uniform", task="sst2", labels=LABELS,
-        backbone=model.backbone_name, backbone_fingerprint=model.fingerprint(), extra=extra or {},
+        backbone=model.name, backbone_fingerprint=model.fingerprint(), backbone_kind=kind,
     )
     save_prompt(directory, weight, metadata)
     return weight
 
 
-def assert_same_outputs(prompted, prompt_index, peft_model):
-    """Equal logits at the target positions and equal loss, ours vs PEFT's, on the same inputs.
+def is_seq2seq(prompted) -> bool:
+    return prompted.adapter.kind == "encoder-decoder"
+
+
+def one_example_batch(prompted, name="x"):
+    return collate(prompted.adapter, [encode(prompted.adapter, name, prompted.bank[name], Example(TEXTS[0], TARGETS[0]))])
+
+
+def assert_same_outputs(prompted, name, peft_model):
+    """Equal per-example and mean loss, ours vs PEFT's, on the same inputs.
 
     T5: one right-padded batch (PEFT and we both put the prompt first, pads last).
     GPT-2: unpadded single sequences (with left padding PEFT puts the prompt before the pads).
     """
     peft_model.eval()
-    encoder = Encoder(prompted.tokenizer, prompted.is_encoder_decoder)
-    feats = [encoder.features(Example(t, y), prompt=prompt_index) for t, y in zip(TEXTS, TARGETS)]
-    groups = [feats] if prompted.is_encoder_decoder else [[f] for f in feats]
+    feats = [encode(prompted.adapter, name, prompted.bank[name], Example(t, y)) for t, y in zip(TEXTS, TARGETS)]
+    groups = [feats] if is_seq2seq(prompted) else [[f] for f in feats]
     with torch.no_grad():
         for group in groups:
-            batch = collate(group, prompted.tokenizer.pad_token_id, prompted.is_encoder_decoder)
-            logits, target = prompted.label_logits(**batch)
+            batch = collate(prompted.adapter, group)
             out = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-            # Position t predicts t+1; our decoder-only logits cover only the last positions, where labels are.
-            theirs = out.logits if prompted.is_encoder_decoder else out.logits[:, :-1][:, -logits.shape[1]:]
-            assert theirs.shape == logits.shape
-            real = target != -100
-            torch.testing.assert_close(logits[real], theirs[real], rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(prompted.loss(batch), out.loss, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(prompted(batch), out.loss, rtol=1e-5, atol=1e-5)
 
 
 def test_exported_adapter_runs_in_peft_like_our_model(prompted, kind, tmp_path):
     weight = save_random_prompt(prompted, tmp_path / "prompt")
-    export_peft(tmp_path / "prompt", tmp_path / "adapter", is_encoder_decoder=prompted.is_encoder_decoder)
+    export_peft(tmp_path / "prompt", tmp_path / "adapter", is_encoder_decoder=is_seq2seq(prompted))
 
     config = json.loads((tmp_path / "adapter" / CONFIG_NAME).read_text())
     assert config["peft_type"] == "PROMPT_TUNING"
     assert config["task_type"] == ("SEQ_2_SEQ_LM" if kind == "t5" else "CAUSAL_LM")
-    assert (config["num_virtual_tokens"], config["token_dim"], config["num_transformer_submodules"]) == (4, prompted.width, 1)
-    assert config["prompt_tuning_init"] == "RANDOM" and config["base_model_name_or_path"] == prompted.backbone_name
+    assert (config["num_virtual_tokens"], config["token_dim"], config["num_transformer_submodules"]) == (4, prompted.adapter.width, 1)
+    assert config["prompt_tuning_init"] == "RANDOM" and config["base_model_name_or_path"] == prompted.adapter.name
     assert torch.equal(load_file(str(tmp_path / "adapter" / WEIGHTS_NAME))["prompt_embeddings"], weight)
 
     peft_model = PeftModel.from_pretrained(tiny_backbone(kind)[0], tmp_path / "adapter")
     assert torch.equal(peft_model.prompt_encoder["default"].embedding.weight, weight)
-    assert_same_outputs(prompted, prompted.add_prompt("sst2", SoftPrompt(weight)), peft_model)
+    prompted.add_prompt("sst2", weight, load_prompt(tmp_path / "prompt")[1])
+    assert_same_outputs(prompted, "sst2", peft_model)
 
 
 def test_peft_round_trip_is_bit_identical(prompted, tmp_path):
-    weight = save_random_prompt(prompted, tmp_path / "prompt", extra={"is_encoder_decoder": prompted.is_encoder_decoder})
+    weight = save_random_prompt(prompted, tmp_path / "prompt", kind=prompted.adapter.kind)
     export_prompt(tmp_path / "prompt", tmp_path / "adapter", "peft")  # the kind comes from the metadata
-    import_prompt(tmp_path / "adapter", tmp_path / "back", "peft", model=prompted, task="sst2", labels=LABELS)
+    import_prompt(tmp_path / "adapter", tmp_path / "back", "peft", model=prompted.adapter, task="sst2", labels=LABELS)
     back, metadata = load_prompt(tmp_path / "back")
     assert torch.equal(back, weight)
-    assert (metadata.task, metadata.labels, metadata.backbone) == ("sst2", LABELS, prompted.backbone_name)
-    assert metadata.backbone_fingerprint == prompted.fingerprint()
-    assert metadata.extra["is_encoder_decoder"] == prompted.is_encoder_decoder
+    assert (metadata.task, metadata.labels, metadata.backbone) == ("sst2", LABELS, prompted.adapter.name)
+    assert metadata.backbone_fingerprint == prompted.adapter.fingerprint()
+    assert metadata.backbone_kind == prompted.adapter.kind
 
 
 def test_npy_round_trip_is_bit_identical(prompted, tmp_path):
     weight = save_random_prompt(prompted, tmp_path / "prompt")
     export_prompt(tmp_path / "prompt", tmp_path / "prompt.npy", "npy")
     array = np.load(tmp_path / "prompt.npy")
-    assert array.dtype == np.float32 and array.shape == (4, prompted.width)
-    import_prompt(tmp_path / "prompt.npy", tmp_path / "back", "npy", model=prompted, task="sst2")
+    assert array.dtype == np.float32 and array.shape == (4, prompted.adapter.width)
+    import_prompt(tmp_path / "prompt.npy", tmp_path / "back", "npy", model=prompted.adapter, task="sst2")
     back, metadata = load_prompt(tmp_path / "back")
     assert torch.equal(back, weight)
-    assert metadata.backbone_fingerprint == prompted.fingerprint() and metadata.task == "sst2"
+    assert metadata.backbone_fingerprint == prompted.adapter.fingerprint() and metadata.task == "sst2"
 
 
 def test_adapter_trained_by_peft_imports_and_matches_peft(prompted, kind, tmp_path):
     # PEFT's own defaults: for T5, num_transformer_submodules = 2, so the saved table has 2p rows.
     config = PromptTuningConfig(task_type="SEQ_2_SEQ_LM" if kind == "t5" else "CAUSAL_LM", num_virtual_tokens=5)
     trained = get_peft_model(tiny_backbone(kind)[0], config)
-    encoder = Encoder(prompted.tokenizer, prompted.is_encoder_decoder)
-    batch = collate([encoder.features(Example(TEXTS[0], TARGETS[0]))], prompted.tokenizer.pad_token_id, prompted.is_encoder_decoder)
+    width = prompted.adapter.width
+    prompted.add_prompt("x", torch.zeros(5, width), PromptMetadata(5, width, "random-uniform"))
+    batch = one_example_batch(prompted)
     optimizer = torch.optim.SGD([p for p in trained.parameters() if p.requires_grad], lr=0.1)
     trained(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss.backward()
     optimizer.step()
@@ -116,34 +119,35 @@ def test_adapter_trained_by_peft_imports_and_matches_peft(prompted, kind, tmp_pa
     rows = load_file(str(tmp_path / "adapter" / WEIGHTS_NAME))["prompt_embeddings"].shape[0]
     assert rows == (10 if kind == "t5" else 5)
 
-    import_peft(tmp_path / "adapter", tmp_path / "ours", model=prompted)
+    import_peft(tmp_path / "adapter", tmp_path / "ours", model=prompted.adapter)
     weight, metadata = load_prompt(tmp_path / "ours")
-    assert weight.shape == (5, prompted.width) and metadata.backbone_fingerprint == prompted.fingerprint()
+    assert weight.shape == (5, width) and metadata.backbone_fingerprint == prompted.adapter.fingerprint()
     peft_model = PeftModel.from_pretrained(tiny_backbone(kind)[0], tmp_path / "adapter")
-    assert_same_outputs(prompted, prompted.add_prompt("peft", SoftPrompt(weight)), peft_model)
+    prompted.add_prompt("peft", weight, metadata)
+    assert_same_outputs(prompted, "peft", peft_model)
 
 
 def test_export_needs_the_backbone_kind(prompted, saved_backbone, tmp_path):
     save_random_prompt(prompted, tmp_path / "prompt")
     with pytest.raises(SoftpromptError, match="is_encoder_decoder"):
         export_peft(tmp_path / "prompt", tmp_path / "adapter")
-    save_random_prompt(prompted, tmp_path / "recorded", extra={"is_encoder_decoder": prompted.is_encoder_decoder})
+    save_random_prompt(prompted, tmp_path / "recorded", kind=prompted.adapter.kind)
     with pytest.raises(SoftpromptError, match="was given"):
-        export_peft(tmp_path / "recorded", tmp_path / "adapter", is_encoder_decoder=not prompted.is_encoder_decoder)
+        export_peft(tmp_path / "recorded", tmp_path / "adapter", is_encoder_decoder=not is_seq2seq(prompted))
     # a local backbone directory's config.json says it
     weight, metadata = load_prompt(tmp_path / "prompt")
     metadata.backbone = str(saved_backbone)
     save_prompt(tmp_path / "local", weight, metadata)
     export_peft(tmp_path / "local", tmp_path / "adapter")
     task_type = json.loads((tmp_path / "adapter" / CONFIG_NAME).read_text())["task_type"]
-    assert task_type == ("SEQ_2_SEQ_LM" if prompted.is_encoder_decoder else "CAUSAL_LM")
+    assert task_type == ("SEQ_2_SEQ_LM" if is_seq2seq(prompted) else "CAUSAL_LM")
 
 
 def test_import_refuses_a_prompt_for_the_other_backbone_kind(prompted, tmp_path):
     save_random_prompt(prompted, tmp_path / "prompt")
-    export_peft(tmp_path / "prompt", tmp_path / "adapter", is_encoder_decoder=not prompted.is_encoder_decoder)
+    export_peft(tmp_path / "prompt", tmp_path / "adapter", is_encoder_decoder=not is_seq2seq(prompted))
     with pytest.raises(SoftpromptError, match=re.escape(str(tmp_path / "adapter"))):
-        import_peft(tmp_path / "adapter", tmp_path / "back", model=prompted)
+        import_peft(tmp_path / "adapter", tmp_path / "back", model=prompted.adapter)
 
 
 @pytest.fixture
@@ -184,13 +188,13 @@ def test_import_peft_refuses_bad_adapters(adapter, tmp_path):
 
 def test_import_refuses_wrong_width(adapter, prompted, tmp_path):
     bad = tmp_path / "wide.npy"
-    np.save(bad, np.zeros((4, prompted.width + 1), np.float32))
+    np.save(bad, np.zeros((4, prompted.adapter.width + 1), np.float32))
     with pytest.raises(SoftpromptError, match=re.escape(str(bad)) + ".*width"):
-        import_npy(bad, tmp_path / "out", model=prompted)
+        import_npy(bad, tmp_path / "out", model=prompted.adapter)
     edit_config(adapter, token_dim=16)
     save_file({"prompt_embeddings": torch.zeros(4, 16)}, str(adapter / WEIGHTS_NAME))
     with pytest.raises(SoftpromptError, match=re.escape(str(adapter / WEIGHTS_NAME)) + ".*width"):
-        import_peft(adapter, tmp_path / "out", model=prompted)
+        import_peft(adapter, tmp_path / "out", model=prompted.adapter)
 
 
 @pytest.mark.parametrize(

@@ -383,14 +383,15 @@ def test_cache_made_with_another_tokenizer(cache_dir, corpus_file, tmp_path):
 
 
 def test_packaged_checkpoint_is_half_precision_and_loads_for_prompt_tuning(span_run, tmp_path):
-    from softprompt.model import load_backbone
+    from softprompt.backbones import load_backbone
     from softprompt.pretrain import package_checkpoint
 
     run_dir, _ = span_run
     packaged = package_checkpoint(run_dir, tmp_path / "packaged")
     assert (packaged / "pretrain_summary.json").is_file()
     assert {t.dtype for t in load_file(str(packaged / "model.safetensors")).values()} == {torch.float16}
-    model, tokenizer = load_backbone(str(packaged))
+    backbone = load_backbone(str(packaged))
+    model, tokenizer = backbone.model, backbone.tokenizer
     original = T5ForConditionalGeneration.from_pretrained(str(run_dir))
     assert next(model.parameters()).dtype == torch.float32 and len(tokenizer) == model.config.vocab_size
     for (name, a), (_, b) in zip(original.state_dict().items(), model.state_dict().items()):

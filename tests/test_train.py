@@ -191,8 +191,8 @@ def test_a_run_that_died_before_its_first_checkpoint_can_be_restarted(saved_back
     (output / "metrics.jsonl").write_text("")
     for resume in (False, True):
         assert train(tiny_config(saved_backbone, output, data_dir=str(data_dir), max_steps=1), resume=resume, progress=False).steps == 1
-        (output / "checkpoint.pt").unlink()
-        (output / "prompt.safetensors").unlink()
+        for name in ("checkpoint.pt", "prompt.safetensors", "prompt.json", "result.json"):
+            (output / name).unlink()  # back to a folder with only run.json and a log
 
 
 def test_labels_free_task_trains_with_the_default_init(saved_backbone, tmp_path, data_dir, capsys):
@@ -209,7 +209,7 @@ def test_labels_free_task_trains_with_the_default_init(saved_backbone, tmp_path,
 
 def test_progress_bar_ends_where_a_timed_run_ends():
     """Item 9: under --max-minutes the bar's total follows the speed, not --max-steps."""
-    stopper = Stopper(max_steps=30_000, max_minutes=0.002, step=0, desc="t", progress=False)
+    stopper = Stopper(max_steps=30_000, max_minutes=0.002, step=0, desc="t", progress=True)
     step = 0
     while not stopper.should_stop(step):
         time.sleep(0.01)

@@ -14,7 +14,7 @@ from .config import EvalConfig, PredictConfig
 from .errors import SoftpromptError
 from .evaluate import evaluate, predict
 from .model import PromptedModel, load_prompted_model
-from .tasks import Task, label_map_for, load_task, mapped_task, parse_label_map, resolve_data_dir
+from .tasks import Task, label_map_for, load_task, mapped_task, parse_label_map, require_examples, resolve_data_dir
 
 
 def load_for(config: EvalConfig | PredictConfig) -> PromptedModel:
@@ -45,9 +45,7 @@ def eval_prompts(config: EvalConfig, progress: bool = False) -> list[dict]:
     results = []
     for name in model.bank.names:
         task = task_for_prompt(config, model, name)
-        examples = task.load(config.split, data_dir)[: config.examples]
-        if not examples:
-            raise SoftpromptError(f"task {task.name}: the {config.split} split holds no examples")
+        examples = require_examples(task, config.split, data_dir, task.load(config.split, data_dir)[: config.examples])
         metrics = evaluate(model, task, examples, name, config.method, config.batch_size, progress)
         results.append({"prompt": name, "task": task.name, "split": config.split, "examples": len(examples), **metrics})
     return results

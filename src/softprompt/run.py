@@ -108,7 +108,7 @@ class RunDir:
             differing = config_differences(saved, self.config, self.resumable)
             if differing:
                 raise SoftpromptError(f"{self.output} holds a different run ({', '.join(differing)} differ); choose another --output")
-        elif self.output.is_dir() and any(p.name not in (RUN_FILE, LOG_FILE) for p in self.output.iterdir()):
+        elif self.output.is_dir() and any(p.name not in (RUN_FILE, LOG_FILE, RESULT_FILE) for p in self.output.iterdir()):
             raise SoftpromptError(f"{self.output} is not empty and holds no softprompt run; choose another --output")
 
     def start(self) -> dict[str, Any] | None:

@@ -26,14 +26,7 @@ from .model import TUNED_BACKBONE_DIR, PromptedModel, build_model
 from .optim import WeightAverage, make_optimizer, trainable_parameters
 from .prompt_io import WEIGHTS_NAME, save_prompt
 from .run import RunDir, Stopper, random_states, restore_random_states, seed_everything
-from .tasks import load_task, resolve_data_dir
-from .errors import SoftpromptError
-
-
-def require_examples(task, split, data_dir, examples):  # TEMP until tasks branch lands
-    if not examples:
-        raise SoftpromptError(f'task {task.name}: the {split} split holds no examples')
-    return examples
+from .tasks import load_task, require_examples, resolve_data_dir
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # Fields that may change when a run is resumed; any other difference means a different run.

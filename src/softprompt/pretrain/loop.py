@@ -259,7 +259,7 @@ def save_checkpoint(out_dir: Path, model: T5ForConditionalGeneration, tokenizer:
 def package_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Copy a finished checkpoint in float16 with its model card and summary, for shipping inside the package.
 
-    Half precision halves the size; `softprompt.model.load_backbone` reads it back as float32.
+    Half precision halves the size; `softprompt.backbones.load_backbone` reads it back as float32.
     Raises SoftpromptError if `checkpoint` is not a checkpoint.
     """
     model, checkpoint = load_model(checkpoint), Path(checkpoint)

@@ -37,7 +37,7 @@ def get_task(name: str) -> Task:
 def load_task(name: str, task_spec: dict | None = None) -> Task:
     """The named task, or the custom task that `task_spec` (CustomTaskSpec fields) describes."""
     if task_spec is not None:
-        return custom_task(CustomTaskSpec(**task_spec))
+        return custom_task(CustomTaskSpec.from_dict(task_spec, "custom task spec"))
     return get_task(name)
 
 

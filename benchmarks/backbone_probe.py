@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from backbones import data_dir
+from measurement import environment, write_json
 from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from backbones import data_dir
-from measurement import environment, write_json
-from softprompt.model import load_backbone
+from softprompt.backbones import load_backbone
 from softprompt.tasks import get_task
 
 HERE = Path(__file__).resolve().parent
@@ -31,8 +31,9 @@ HERE = Path(__file__).resolve().parent
 @torch.no_grad()
 def mean_pooled_encoder(name: str, splits: list[list[str]], batch_size: int) -> list[np.ndarray]:
     """Per split, [len(texts), d_model]: the encoder's last hidden states averaged over each input's real tokens."""
-    model, tokenizer = load_backbone(name)
-    if not model.config.is_encoder_decoder:
+    backbone = load_backbone(name)
+    model, tokenizer = backbone.model, backbone.tokenizer
+    if backbone.kind != "encoder-decoder":
         raise SystemExit(f"{name}: the probe reads an encoder; this backbone is decoder-only")
     encoder = model.eval().get_encoder()
     features = []

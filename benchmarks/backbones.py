@@ -25,7 +25,7 @@ from transformers import (
     T5TokenizerFast,
 )
 
-from softprompt.model import load_backbone
+from softprompt.backbones import load_backbone
 
 DEFAULT_DATA_DIR = "/work/shared/data"
 
@@ -67,8 +67,8 @@ def build_backbone(
     Returns (model, tokenizer, name). Raises KeyError for an unknown preset.
     """
     if model_path:
-        model, tokenizer = load_backbone(model_path)
-        return model, tokenizer, model_path
+        backbone = load_backbone(model_path)
+        return backbone.model, backbone.tokenizer, model_path
     torch.manual_seed(seed)
     model, tokenizer = PRESETS[preset](root)
     return model, tokenizer, preset

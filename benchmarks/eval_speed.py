@@ -18,17 +18,20 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-
 from backbones import PRESETS, build_backbone, data_dir
 from measurement import environment, synchronize, write_json
+
 from softprompt.config import PromptConfig, TrainConfig
+from softprompt.data import encode_all, target_ids
 from softprompt.evaluate import generate_texts, rank_texts
+from softprompt.model import build_model
+from softprompt.run import seed_everything
 from softprompt.tasks import get_task
-from softprompt.train import build_model, seed_everything
 
 HERE = Path(__file__).resolve().parent
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -52,23 +55,25 @@ def measure(args: argparse.Namespace, backbone_dir: str, device: torch.device) -
     task = get_task(TASK)
     config = TrainConfig(task=TASK, model=backbone_dir, prompt=PromptConfig(length=args.prompt_length), seed=args.seed, device=args.device)
     seed_everything(args.seed)
-    model, encoder = build_model(config, task)  # the backbone with a freshly initialised prompt at index 0
+    model, _ = build_model(config, task)  # the backbone with a freshly initialised prompt named after the task
     if args.prompt:
-        model.load_prompt(args.prompt, name=task.name)  # replaces the initial prompt, same index
+        model.bank.remove(task.name)
+        model.load_prompt(args.prompt, name=task.name)  # the trained prompt in its place
     model.backbone.to(dtype=DTYPES[args.dtype])
     model.eval()
     examples = task.load("validation", data_dir(args.data_dir))[: args.examples]
-    features = encoder.encode_all(examples, f"{TASK} dev", 0, with_target=False)
+    record = model.bank[task.name]
+    features = encode_all(model.adapter, task.name, record, examples, f"{TASK} dev", with_target=False)
     candidates = [e.candidates for e in examples]
-    max_new = max(max(len(encoder.target_ids(e.target)) for e in examples) + 2, 4)  # as evaluate() does
+    max_new = max(max(len(target_ids(model.adapter, record, e.target)) for e in examples) + 2, 4)  # as evaluate() does
     methods = {
-        "rank": lambda f, c: rank_texts(model, f, c, encoder, args.batch_size),
-        "generate": lambda f, c: generate_texts(model, f, encoder, args.batch_size, max_new),
+        "rank": lambda f, c: rank_texts(model, f, c, args.batch_size),
+        "generate": lambda f, c: generate_texts(model, f, args.batch_size, max_new),
     }
     rows, outputs = {}, {}
     for name, run in methods.items():
         run(features[: args.batch_size], candidates[: args.batch_size])  # warm-up, untimed
-        texts, seconds, peak = timed(lambda: run(features, candidates), device)
+        texts, seconds, peak = timed(lambda run=run: run(features, candidates), device)
         outputs[name] = texts
         scores = task.metric(texts, examples)
         rows[name] = {

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
-
 from backbones import data_dir
 from measurement import environment, write_json
-from softprompt.data import Encoder
+from sklearn.metrics import roc_auc_score
+
+from softprompt.data import encode_all
 from softprompt.evaluate import rank_scores
 from softprompt.model import load_prompted_model
 from softprompt.tasks import get_task
@@ -31,14 +31,16 @@ HERE = Path(__file__).resolve().parent
 
 
 def margin_report(prompt_dir: str, root: Path, batch_size: int) -> dict:
-    model, metadata = load_prompted_model([prompt_dir])
+    model = load_prompted_model([prompt_dir])
+    name = model.bank.names[0]
+    metadata = model.bank[name].metadata
     if not metadata.labels or len(metadata.labels) != 2:
         raise SystemExit(f"{prompt_dir}: a prompt for a two-label task is needed (labels: {metadata.labels})")
     model.eval()
     task = get_task(metadata.task)
     examples = task.load("validation", root)
-    encoder = Encoder(model.tokenizer, model.is_encoder_decoder, target_format=metadata.target_format)
-    scores = np.array(rank_scores(model, encoder.encode_all(examples, f"{task.name} dev"), [metadata.labels] * len(examples), encoder, batch_size))
+    features = encode_all(model.adapter, name, model.bank[name], examples, f"{task.name} dev")
+    scores = np.array(rank_scores(model, features, [metadata.labels] * len(examples), batch_size))
     margin = scores[:, 1] - scores[:, 0]
     second = np.array([e.target == metadata.labels[1] for e in examples])
     best_threshold_accuracy = max(((margin > t) == second).mean() for t in np.concatenate([[-np.inf], margin]))

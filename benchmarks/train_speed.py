@@ -8,7 +8,7 @@ warm-up and timed steps over the same examples:
 - the warm-up and timed examples are the first batches softprompt's length-grouped order
   (`length_grouped_batches`, what `BatchStream` yields) gives for the seed; the PEFT rows see
   exactly those examples, reshuffled at random into batches (the usual shuffled DataLoader);
-- softprompt tokenises with its `Encoder`; PEFT rows with the tokenizer as HF examples do
+- softprompt tokenises through its backbone adapter (`encode_all`); PEFT rows with the tokenizer as HF examples do
   (the token ids are the same: the real-token totals in the output must match).
 
 Rows (see ROWS): softprompt (its defaults are the like-for-like settings, so one row serves
@@ -34,26 +34,29 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+from backbones import PRESETS, build_backbone, data_dir
+from measurement import PeakMemory, environment, synchronize, write_json
 from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 from transformers import DataCollatorForSeq2Seq, default_data_collator, get_linear_schedule_with_warmup
 
-from backbones import PRESETS, build_backbone, data_dir
-from measurement import PeakMemory, environment, synchronize, write_json
+from softprompt.backbones import load_backbone
 from softprompt.config import PromptConfig, TrainConfig
-from softprompt.data import collate, length_grouped_batches
-from softprompt.evaluate import to_device
-from softprompt.model import load_backbone
+from softprompt.data import BatchStream, collate, encode_all, length_grouped_batches
+from softprompt.device import to_device
+from softprompt.model import build_model
+from softprompt.optim import make_optimizer
+from softprompt.run import seed_everything
 from softprompt.tasks import get_task
 from softprompt.tasks.base import Example
-from softprompt.train import BatchStream, build_model, make_optimizer, seed_everything
 
 HERE = Path(__file__).resolve().parent
 ROWS = {
-    "softprompt": "PromptedModel + Encoder + length-grouped batches + collate + model.loss + Adafactor (make_optimizer, "
+    "softprompt": "PromptedModel (adapter + prompt bank) + encode_all + length-grouped batches + collate + model(batch) + Adafactor (make_optimizer, "
     "paper settings), class-label init: softprompt's training path with its defaults",
     "peft": "like for like: get_peft_model(PromptTuningConfig(num_virtual_tokens=p, num_transformer_submodules=1 for "
     "seq2seq)), softprompt's initial prompt, the same Adafactor; tokenizer + DataCollatorForSeq2Seq over shuffled batches",
@@ -124,7 +127,8 @@ def hf_features(tokenizer, examples: list[Example], seq2seq: bool, pad_to: int |
 
 def peft_model(backbone_dir: str, row: str, prompt_length: int, init_prompt: torch.Tensor | None, device: torch.device, dtype: torch.dtype):
     """The backbone wrapped by get_peft_model; like-for-like rows start from `init_prompt`."""
-    backbone, tokenizer = load_backbone(backbone_dir)
+    adapter = load_backbone(backbone_dir)
+    backbone, tokenizer = adapter.model, adapter.tokenizer
     backbone.to(device=device, dtype=dtype)
     seq2seq = bool(backbone.config.is_encoder_decoder)
     like = row == "peft"
@@ -202,23 +206,23 @@ def timed_training(
 
 
 def run_softprompt(args: argparse.Namespace, work: Path, plan: dict, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    """Softprompt as `train()` runs it: build_model, encode_all, BatchStream, collate, model.loss."""
+    """Softprompt as `train()` runs it: build_model, encode_all, BatchStream, collate, model(batch)."""
     config = train_config(args, backbone_path(args, work))
     task = get_task(TASK)
     seed_everything(args.seed)
-    model, encoder = build_model(config, task)
+    model, _ = build_model(config, task)
     model.backbone.to(dtype=dtype)
     if not torch.equal(model.prompt_parameters()[0].detach().cpu(), torch.load(work / "init_prompt.pt")):
         raise RuntimeError("softprompt's initial prompt differs from the one given to PEFT")
-    features = encoder.encode_all(task.load("train", data_dir(args.data_dir)), f"{TASK} train")
+    features = encode_all(model.adapter, TASK, model.bank[TASK], task.load("train", data_dir(args.data_dir)), f"{TASK} train")
     check = BatchStream(features, args.batch_size, args.seed, group_by_length=True)
     if [check.next() for _ in plan["grouped"]] != [[features[i] for i in b] for b in plan["grouped"]]:
         raise RuntimeError("BatchStream does not yield the planned batches")
     stream = BatchStream(features, args.batch_size, args.seed, group_by_length=True)
     optimizer = make_optimizer(model.prompt_parameters(), config)
-    pad_id, seq2seq = model.tokenizer.pad_token_id, model.is_encoder_decoder
+    seq2seq = model.adapter.kind == "encoder-decoder"
     model.train()
-    return timed_training(lambda: collate(stream.next(), pad_id, seq2seq), model.loss, optimizer, None, args, device, seq2seq)
+    return timed_training(lambda: collate(model.adapter, stream.next()), model, optimizer, None, args, device, seq2seq)
 
 
 def run_peft(args: argparse.Namespace, row: str, work: Path, plan: dict, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
@@ -247,19 +251,19 @@ def same_batch_check(args: argparse.Namespace, work: Path, backbone_dir: str, de
     task = get_task(TASK)
     config = train_config(args, backbone_dir)
     seed_everything(args.seed)
-    model, encoder = build_model(config, task)
+    model, _ = build_model(config, task)
     model.backbone.to(dtype=dtype)
     init = model.prompt_parameters()[0].detach().cpu()
     torch.save(init, work / "init_prompt.pt")
     train = task.load("train", data_dir(args.data_dir))
-    features = encoder.encode_all(train, f"{TASK} train")
+    features = encode_all(model.adapter, TASK, model.bank[TASK], train, f"{TASK} train")
     plan = make_plan([f.length for f in features], args.batch_size, args.warmup, args.steps, args.seed)
     (work / "plan.json").write_text(json.dumps(plan))
 
     idx = plan["grouped"][args.warmup][: args.check_examples]
     model.eval()
     with torch.no_grad():
-        ours = model.loss(to_device(collate([features[i] for i in idx], model.tokenizer.pad_token_id, model.is_encoder_decoder), device))
+        ours = model(to_device(collate(model.adapter, [features[i] for i in idx]), device))
     del model
     peft, tokenizer, seq2seq = peft_model(backbone_dir, "peft", args.prompt_length, init, device, dtype)
     peft.eval()

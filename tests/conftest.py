@@ -8,8 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 from tokenizers.processors import TemplateProcessing
-from transformers import (GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast, LlamaConfig, LlamaForCausalLM, T5Config,
-                          T5ForConditionalGeneration, T5TokenizerFast)
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPT2TokenizerFast,
+    LlamaConfig,
+    LlamaForCausalLM,
+    T5Config,
+    T5ForConditionalGeneration,
+    T5TokenizerFast,
+)
 
 from softprompt.backbones import Backbone, adapter_for
 from softprompt.model import PromptedModel

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from conftest import ALL_KINDS, tiny_adapter
 from transformers import T5ForConditionalGeneration
 
+from conftest import ALL_KINDS, tiny_adapter
 from softprompt.backbones import BackboneSpec, load_backbone, resolve_backbone_name
 from softprompt.backbones.base import legacy_fingerprint
 from softprompt.data import collate, encode

@@ -14,7 +14,7 @@ from conftest import tiny_backbone
 from softprompt.data import collate, encode
 from softprompt.errors import SoftpromptError
 from softprompt.interop import export_prompt, import_prompt
-from softprompt.interop.npy import export_npy, import_npy
+from softprompt.interop.npy import import_npy
 from softprompt.interop.peft import CONFIG_NAME, WEIGHTS_NAME, export_peft, import_peft
 from softprompt.prompt_io import PromptMetadata, load_prompt, save_prompt
 from softprompt.tasks.base import Example

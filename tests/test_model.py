@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from conftest import ALL_KINDS, tiny_adapter
 
-from softprompt.backbones.base import Prompts, splice
+from conftest import ALL_KINDS, tiny_adapter
+from softprompt.backbones.base import splice
 from softprompt.data import Features, collate, encode
 from softprompt.errors import SoftpromptError
 from softprompt.evaluate import predict, rank_scores, rank_texts

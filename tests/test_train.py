@@ -1,7 +1,6 @@
 """The training loop on tiny backbones and real data: frozen backbone, learning, exact resume."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

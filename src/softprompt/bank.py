@@ -8,8 +8,8 @@ mixed batch follows its own prompt's settings (labels, target format, lengths) f
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 from torch import nn

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from .config import EvalConfig, PredictConfig, TrainConfig
 from .configargs import add_config_arguments, config_from_args, given, merged

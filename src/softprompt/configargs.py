@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
-from typing import Any, Iterator, Literal, get_args, get_origin
+from collections.abc import Iterator
+from typing import Any, Literal, get_args, get_origin
 
 from .config import from_dict
 

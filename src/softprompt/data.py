@@ -8,8 +8,8 @@ and lengths), so a batch may mix prompts trained with different settings. The la
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 from .backbones import Backbone
 from .bank import PromptRecord

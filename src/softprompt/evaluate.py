@@ -8,7 +8,7 @@ Every example follows the settings of the prompt it names (target format, labels
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm

@@ -2,8 +2,16 @@
 
 from .base import Backbone, Prompts, embedding_fingerprint, label_nll
 from .causal import DecoderOnly
-from .loading import (ADAPTERS, DEFAULT_BACKBONE, PACKAGED_DIR, PACKAGED_PREFIX, BackboneSpec, adapter_for, load_backbone,
-                      resolve_backbone_name)
+from .loading import (
+                      ADAPTERS,
+                      DEFAULT_BACKBONE,
+                      PACKAGED_DIR,
+                      PACKAGED_PREFIX,
+                      BackboneSpec,
+                      adapter_for,
+                      load_backbone,
+                      resolve_backbone_name,
+)
 from .seq2seq import EncoderDecoder
 
 __all__ = [

@@ -9,7 +9,7 @@ ones whose logits are computed.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

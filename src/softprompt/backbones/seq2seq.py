@@ -7,7 +7,7 @@ the concatenation is computed per example.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -8,8 +8,9 @@ and an `import_*(path, out_dir, model=None, task=None, labels=None)` that writes
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 import enum
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError

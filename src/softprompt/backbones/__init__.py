@@ -13,8 +13,9 @@ from .loading import (
                       resolve_backbone_name,
 )
 from .seq2seq import EncoderDecoder
+from .shared_prefix import SharedPrefixDecoderOnly
 
 __all__ = [
     "ADAPTERS", "DEFAULT_BACKBONE", "PACKAGED_DIR", "PACKAGED_PREFIX", "Backbone", "BackboneSpec", "DecoderOnly",
-    "EncoderDecoder", "Prompts", "adapter_for", "embedding_fingerprint", "label_nll", "load_backbone", "resolve_backbone_name",
+    "EncoderDecoder", "Prompts", "SharedPrefixDecoderOnly", "adapter_for", "embedding_fingerprint", "label_nll", "load_backbone", "resolve_backbone_name",
 ]

@@ -16,11 +16,13 @@ from ..errors import SoftpromptError
 from .base import Backbone
 from .causal import DecoderOnly
 from .seq2seq import EncoderDecoder
+from .shared_prefix import SharedPrefixDecoderOnly
 
 PACKAGED_DIR = Path(__file__).resolve().parent.parent / "packaged"
 PACKAGED_PREFIX = "packaged:"  # e.g. "packaged:default", "packaged:span-corruption"
 DEFAULT_BACKBONE = PACKAGED_PREFIX + "default"
-ADAPTERS: dict[str, type[Backbone]] = {cls.kind: cls for cls in (EncoderDecoder, DecoderOnly)}
+# The adapter of each kind; decoder-only prompts are computed once per batch (shared_prefix.py).
+ADAPTERS: dict[str, type[Backbone]] = {EncoderDecoder.kind: EncoderDecoder, DecoderOnly.kind: SharedPrefixDecoderOnly}
 AUTO_CLASSES = {EncoderDecoder.kind: AutoModelForSeq2SeqLM, DecoderOnly.kind: AutoModelForCausalLM}
 
 

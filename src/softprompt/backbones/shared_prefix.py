@@ -1,0 +1,92 @@
+"""Decoder-only prompts computed once per batch: each distinct prompt runs once, its examples share its states.
+
+With the prompt first and causal attention, a prompt's hidden states and per-layer keys/values do
+not depend on the input after it. So a batch runs its k distinct prompts ([BOS; P], left-padded to
+the longest, positions 0..p-1) as a batch of k, expands each layer's keys/values to the examples
+that wear them, and runs only the input tokens per example, at positions p..p+n-1. Gradients flow
+back through the expanded cache into the prompts. The result equals the concatenated computation
+(`DecoderOnly`) within float tolerance, while the prompt's p positions cost one forward per
+distinct prompt instead of one per example.
+
+Dropout inside the prompt's layers is drawn once per prompt rather than once per example; with
+dropout off (evaluation, or a backbone without it) the two paths compute the same function.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Prompts, label_nll, pad
+from .causal import DecoderOnly
+
+
+class SharedPrefixDecoderOnly(DecoderOnly):
+    """The decoder-only adapter with prompt states computed once per distinct prompt of a batch."""
+
+    def _prompt_cache(self, prompts: Prompts):
+        """Run the distinct prompts once; returns (cache expanded to the batch, prefix mask (b, L), prompt lengths (b,))."""
+        prefixed = self._prefixed(prompts)
+        lengths = prefixed.lengths()  # (k,) rows per prompt, BOS included
+        width = int(lengths.max())
+        k, e = len(prefixed.weights), self.width
+        embeds = torch.zeros(k, width, e, dtype=self.dtype, device=self.device)  # (k, L, e) left-padded
+        for row, weight in enumerate(prefixed.weights):
+            embeds[row, width - weight.shape[0]:] = weight.to(self.dtype)
+        mask = (torch.arange(width, device=self.device) >= (width - lengths).unsqueeze(1)).long()  # (k, L)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)  # (k, L): 0..p-1 on the real rows
+        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        cache.batch_select_indices(prompts.index)  # each layer's keys/values: (k, h, L, d) -> (b, h, L, d)
+        return cache, mask[prompts.index], lengths[prompts.index]
+
+    def _run_tokens(self, prompts: Prompts, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int = 0):
+        """The tokens of each example after its prompt's shared states; returns (model output, full mask (b, L + n))."""
+        cache, prefix_mask, p = self._prompt_cache(prompts)
+        positions = (p.unsqueeze(1) + attention_mask.cumsum(1) - 1).clamp(min=0)  # (b, n): p..p+n-1 on real tokens
+        full_mask = torch.cat([prefix_mask, attention_mask], 1)  # (b, L + n)
+        out = self.model(input_ids=input_ids, attention_mask=full_mask, position_ids=positions, cache=cache,
+                         logits_to_keep=logits_to_keep)
+        return out, full_mask, positions
+
+    def nll(self, prompts: Prompts, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = batch["labels"]  # (b, n + m): left-padded, so every label sits in the last columns
+        first = int((labels != -100).any(0).nonzero().min())
+        keep = labels.shape[1] - first + 1  # the position before the first label predicts it
+        out, _, _ = self._run_tokens(prompts, batch["input_ids"], batch["attention_mask"], logits_to_keep=keep)
+        return label_nll(out.logits[:, :-1], labels[:, first:])  # (b, keep - 1, V) against (b, keep - 1)
+
+    def score(self, prompts: Prompts, batch: dict[str, torch.Tensor], pair_example: torch.Tensor,
+              candidate_ids: torch.Tensor) -> torch.Tensor:
+        """Prompts once per distinct prompt, inputs once per example, candidates once per pair."""
+        out, mask, positions = self._run_tokens(prompts, batch["input_ids"], batch["attention_mask"], logits_to_keep=1)
+        cache = out.past_key_values
+        cache.batch_select_indices(pair_example)  # (b, ...) -> (c, ...)
+        tokens = candidate_ids.clamp(min=0)  # (c, m)
+        cand_mask = (candidate_ids != -100).long()  # (c, m)
+        cand_positions = positions[pair_example, -1:] + cand_mask.cumsum(1)  # (c, m): after the input's last position
+        full_mask = torch.cat([mask[pair_example], cand_mask], 1)  # (c, L + n + m)
+        logits = self.model(input_ids=tokens, attention_mask=full_mask, position_ids=cand_positions, cache=cache).logits
+        logits = torch.cat([out.logits[pair_example], logits[:, :-1]], 1)  # (c, m, V): the input's last position predicts token 0
+        nll, _ = label_nll(logits, candidate_ids)
+        return -nll
+
+    def generate(self, prompts: Prompts, batch: dict[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
+        """Greedy decoding over the shared prompt states: (b, <= max_new_tokens), pad after each end."""
+        eos, pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        out, mask, positions = self._run_tokens(prompts, batch["input_ids"], batch["attention_mask"], logits_to_keep=1)
+        b = mask.shape[0]
+        done = torch.zeros(b, dtype=torch.bool, device=self.device)
+        position = positions[:, -1:]  # (b, 1)
+        new: list[torch.Tensor] = []
+        for _ in range(max_new_tokens):
+            token = out.logits[:, -1].argmax(-1)  # (b,)
+            token = torch.where(done, torch.full_like(token, pad_id), token)
+            new.append(token)
+            done = done | (token == eos)
+            if bool(done.all()):
+                break
+            position = position + 1
+            mask = torch.cat([mask, torch.ones(b, 1, dtype=mask.dtype, device=self.device)], 1)  # (b, w + 1)
+            out = self.model(input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=position,
+                             cache=out.past_key_values, logits_to_keep=1)
+        return torch.stack(new, 1) if new else pad([[]] * b, pad_id, left=False)

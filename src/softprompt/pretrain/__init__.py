@@ -12,17 +12,27 @@ machines, and a rerun skips what is complete and resumes what was interrupted:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from transformers import PreTrainedTokenizerBase
 
 from ..errors import SoftpromptError
 from .card import write_model_card
-from .corpus import (CorpusCache, CorpusConfig, CorpusSource, build_cache, is_cache_folder, load_cache, read_cache_meta,
-                     read_documents)
-from .loop import PretrainConfig, package_checkpoint, pretrain, read_summary
+from .checkpoint import package_checkpoint, read_summary
+from .config import PretrainConfig
+from .corpus import (
+    CorpusCache,
+    CorpusConfig,
+    CorpusSource,
+    build_cache,
+    is_cache_folder,
+    load_cache,
+    read_cache_meta,
+    read_documents,
+)
+from .loop import pretrain
 from .presets import PRESETS, build_model, parameter_count
 from .tokenizer import TokenizerConfig, is_tokenizer_folder, load_tokenizer, train_and_save
 

@@ -28,12 +28,12 @@ from softprompt.pretrain import (
     lineage,
     load_cache,
     parameter_count,
+    presets,
     pretrain,
     read_cache_meta,
     train_tokenizer,
     write_lineage_card,
 )
-from softprompt.pretrain import presets
 from softprompt.pretrain.objectives import PrefixLM, SpanCorruption, compute_input_and_target_lengths, random_spans_noise_mask
 from softprompt.pretrain.optimizer import AdamWScale
 from softprompt.pretrain.tokenizer import sentinel_id
@@ -254,16 +254,16 @@ def test_adamw_scale_steps_relative_to_each_parameter():
     optimizer = AdamWScale(params, lr=2e-2, weight_decay=0.1)
     for t in (1, 2, 3):
         grads = [torch.randn_like(p) for p in params]
-        for p, g in zip(params, grads):
+        for p, g in zip(params, grads, strict=True):
             p.grad = g.clone()
         optimizer.step()
-        for e, g, (m, v) in zip(expected, grads, moments):
+        for e, g, (m, v) in zip(expected, grads, moments, strict=True):
             m.mul_(0.9).add_(g, alpha=0.1)
             v.mul_(0.999).addcmul_(g, g, value=0.001)
             scale = max(1e-3, (e.norm() / math.sqrt(e.numel())).item())
             e.mul_(1 - 2e-2 * 0.1)
             e.sub_(m / (v.sqrt() + 1e-8) * 2e-2 * math.sqrt(1 - 0.999**t) / (1 - 0.9**t) * scale)
-    assert all(torch.allclose(p.detach(), e, atol=1e-6) for p, e in zip(params, expected))
+    assert all(torch.allclose(p.detach(), e, atol=1e-6) for p, e in zip(params, expected, strict=True))
 
 
 def test_pretrain_writes_a_loadable_checkpoint_and_loss_falls(span_run, tokenizer_dir):
@@ -394,5 +394,5 @@ def test_packaged_checkpoint_is_half_precision_and_loads_for_prompt_tuning(span_
     model, tokenizer = backbone.model, backbone.tokenizer
     original = T5ForConditionalGeneration.from_pretrained(str(run_dir))
     assert next(model.parameters()).dtype == torch.float32 and len(tokenizer) == model.config.vocab_size
-    for (name, a), (_, b) in zip(original.state_dict().items(), model.state_dict().items()):
+    for (name, a), (_, b) in zip(original.state_dict().items(), model.state_dict().items(), strict=True):
         torch.testing.assert_close(a.half().float(), b, msg=name)

@@ -62,34 +62,37 @@ class BackboneConfig:
     lm_adapt: PretrainConfig = field(default_factory=_lm_adapt_default)
 
 
-def train_tokenizer(sources: Sequence[Source], out_dir: str | os.PathLike, config: TokenizerConfig = TokenizerConfig(),
-                    corpus: CorpusConfig = CorpusConfig(), extra_texts: Iterable[str] = ()) -> PreTrainedTokenizerBase:
+def train_tokenizer(sources: Sequence[Source], out_dir: str | os.PathLike, config: TokenizerConfig | None = None,
+                    corpus: CorpusConfig | None = None, extra_texts: Iterable[str] = ()) -> PreTrainedTokenizerBase:
     """Train a T5-style unigram tokenizer on the documents of `sources` (+ extra texts) into `out_dir`.
 
-    Raises SoftpromptError for a missing or unreadable source or an empty corpus.
+    Raises SoftpromptError for a missing or unreadable source or an empty corpus. Settings default to
+    TokenizerConfig() and CorpusConfig().
     """
     documents, _ = read_documents(sources, corpus, extra_texts)
     return train_and_save(documents, out_dir, config)
 
 
 def build_corpus_cache(sources: Sequence[Source], tokenizer_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                       config: CorpusConfig = CorpusConfig(), extra_texts: Iterable[str] = ()) -> dict:
+                       config: CorpusConfig | None = None, extra_texts: Iterable[str] = ()) -> dict:
     """Tokenise `sources` (+ extra texts, e.g. unlabeled task inputs) once into the cache folder `out_dir`.
 
     Returns corpus.json's content. Raises SoftpromptError for a bad source, an empty corpus or a bad tokenizer folder.
     """
+    config = config if config is not None else CorpusConfig()
     documents, stats = read_documents(sources, config, extra_texts)
     return build_cache(documents, stats, load_tokenizer(tokenizer_dir), out_dir, config)
 
 
-def build_backbone(out_dir: str | os.PathLike, sources: Sequence[Source], config: BackboneConfig = BackboneConfig(),
+def build_backbone(out_dir: str | os.PathLike, sources: Sequence[Source], config: BackboneConfig | None = None,
                    extra_texts: Iterable[str] = (), command: str = "") -> dict:
     """Run every stage into `out_dir` (tokenizer, cache, span corruption, LM adaptation), skipping complete ones.
 
     Returns {"checkpoint": final folder, "complete": bool, "stages": {name: summary}}; "complete" is
     false when a stage stopped at its wall-clock limit (call again to resume). `command` is recorded
-    in the model cards. Raises SoftpromptError as the stages do.
+    in the model cards. Raises SoftpromptError as the stages do. Settings default to BackboneConfig().
     """
+    config = config if config is not None else BackboneConfig()
     out = Path(out_dir)
     tokenizer_dir, cache_dir = out / "tokenizer", out / "cache"
     span_dir, lm_dir = out / "span-corruption", out / "lm-adapted"

@@ -9,7 +9,9 @@ import json
 import math
 import os
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -349,6 +351,71 @@ def test_build_backbone_runs_every_stage_and_skips_them_on_rerun(corpus_file, tm
     stamp = (tmp_path / "bb" / "tokenizer" / "tokenizer.json").stat().st_mtime_ns
     assert build_backbone(tmp_path / "bb", [corpus_file], config)["stages"] == result["stages"]
     assert (tmp_path / "bb" / "tokenizer" / "tokenizer.json").stat().st_mtime_ns == stamp
+
+
+# --- settings and the command line ---------------------------------------------------------------
+
+
+def test_config_checks_name_the_field():
+    for changes, message in [({"steps": 0}, "PretrainConfig.steps=0 must be at least 1"),
+                             ({"objective": "mlm"}, "PretrainConfig.objective='mlm' is not one of span-corruption, lm-adapt"),
+                             ({"optimizer": "sgd"}, "PretrainConfig.optimizer='sgd'"),
+                             ({"model": "huge"}, "PretrainConfig.model='huge'"),
+                             ({"precision": "fp8"}, "PretrainConfig.precision='fp8'"),
+                             ({"noise_density": 0.6}, r"PretrainConfig.noise_density=0.6 must be in \(0, 0.5\)"),
+                             ({"lr": 0.0}, "PretrainConfig.lr=0.0 must be positive")]:
+        with pytest.raises(SoftpromptError, match=message):
+            PretrainConfig(**changes)
+    assert get_args(presets.ModelSize) == tuple(presets.PRESETS)
+
+
+def test_fp16_on_the_cpu_is_refused_before_anything_is_written(cache_dir, tokenizer_dir, tmp_path):
+    with pytest.raises(SoftpromptError, match="fp16"):
+        pretrain(tiny_config(precision="fp16"), cache_dir, tmp_path / "run", tokenizer_dir=tokenizer_dir)
+    assert not (tmp_path / "run").exists()
+
+
+def _cli_configs(*flags: str) -> tuple[PretrainConfig, PretrainConfig]:
+    from softprompt.cli import build_parser, pretrain_configs
+
+    return pretrain_configs(build_parser().parse_args(["pretrain", *flags]))
+
+
+def test_cli_without_flags_builds_the_library_stages():
+    library = BackboneConfig()
+    assert _cli_configs("backbone", "--output", "X", "--corpus", "Y") == (library.span_corruption, library.lm_adapt)
+    span, lm = _cli_configs("backbone", "--output", "X", "--corpus", "Y", "--quiet")  # --quiet sets progress only
+    assert (replace(span, progress=True), replace(lm, progress=True)) == (library.span_corruption, library.lm_adapt)
+    assert not span.progress and not lm.progress
+
+
+def test_cli_flags_override_the_library_stages():
+    library = BackboneConfig()
+    span, lm = _cli_configs("backbone", "--output", "X", "--corpus", "Y", "--size", "nano", "--batch-size", "16",
+                            "--span-steps", "10", "--lm-steps", "300", "--warmup-steps", "500", "--lm-lr", "0.005",
+                            "--precision", "bf16", "--max-minutes", "30")
+    assert (span.model, span.batch_size, span.steps, span.warmup_steps, span.lr) == ("nano", 16, 10, 500, library.span_corruption.lr)
+    assert (lm.model, lm.batch_size, lm.steps, lm.warmup_steps, lm.lr) == ("nano", 16, 300, 30, 0.005)  # warmup: a tenth of 300
+    assert span.precision == lm.precision == "bf16" and span.max_minutes == lm.max_minutes == 30
+    assert lm.eval_every == library.lm_adapt.eval_every and span.eval_every == library.span_corruption.eval_every
+    _, lm = _cli_configs("backbone", "--output", "X", "--warmup-steps", "500", "--lm-warmup-steps", "7")
+    assert lm.warmup_steps == 7
+    # the README's second LM-adaptation round: the interval flags apply to the stage run, --inputs-length sets its targets
+    _, lm = _cli_configs("lm-adapt", "--init-from", "A", "--cache", "B", "--output", "C", "--size", "nano", "--batch-size", "64",
+                         "--inputs-length", "128", "--lm-steps", "300", "--warmup-steps", "30", "--eval-every", "100",
+                         "--checkpoint-every", "100")
+    assert (lm.steps, lm.warmup_steps, lm.eval_every, lm.checkpoint_every, lm.inputs_length, lm.targets_length) == \
+        (300, 30, 100, 100, 128, 128)
+
+
+def test_cli_refuses_bad_pretrain_settings(tmp_path, capsys):
+    from softprompt.cli import main
+
+    assert main(["pretrain", "backbone", "--output", str(tmp_path / "x"), "--corpus", "y", "--lm-steps", "0"]) == 2
+    assert "PretrainStages.lm_steps=0 must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["pretrain", "backbone", "--output", str(tmp_path / "x"), "--size", "huge"])
+    assert not (tmp_path / "x").exists()
 
 
 # --- errors ----------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ machines, and a rerun skips what is complete and resumes what was interrupted:
 
   out_dir/tokenizer/         T5-style unigram tokenizer (tokenizer.py)
   out_dir/cache/             tokenised corpus: train.npy, val.npy, corpus.json (corpus.py)
-  out_dir/span-corruption/   checkpoint after span corruption (loop.py), with README.md
+  out_dir/span-corruption/   checkpoint after span corruption (loop.py, checkpoint.py), with README.md
   out_dir/lm-adapted/        checkpoint after LM adaptation: the backbone for prompt tuning, with README.md
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
@@ -34,32 +33,16 @@ from .corpus import (
 )
 from .loop import pretrain
 from .presets import PRESETS, build_model, parameter_count
+from .stages import BackboneConfig, PretrainStages
 from .tokenizer import TokenizerConfig, is_tokenizer_folder, load_tokenizer, train_and_save
 
 __all__ = [
-    "BackboneConfig", "CorpusCache", "CorpusConfig", "CorpusSource", "PRESETS", "PretrainConfig", "TokenizerConfig",
-    "build_backbone", "build_corpus_cache", "build_model", "lineage", "load_cache", "load_tokenizer", "package_checkpoint",
-    "parameter_count", "pretrain", "read_cache_meta", "train_tokenizer", "write_lineage_card",
+    "BackboneConfig", "CorpusCache", "CorpusConfig", "CorpusSource", "PRESETS", "PretrainConfig", "PretrainStages",
+    "TokenizerConfig", "build_backbone", "build_corpus_cache", "build_model", "lineage", "load_cache", "load_tokenizer",
+    "package_checkpoint", "parameter_count", "pretrain", "read_cache_meta", "train_tokenizer", "write_lineage_card",
 ]
 
 Source = str | os.PathLike | CorpusSource
-
-
-def _lm_adapt_default() -> PretrainConfig:
-    # Lester et al. 2021: LM adaptation for up to 100K extra steps, ~10% of T5's pretraining. A fresh
-    # optimizer on a trained model: half the peak rate, short warmup.
-    return PretrainConfig(objective="lm-adapt", steps=2000, warmup_steps=100, lr=1e-2, eval_every=500,
-                          checkpoint_every=500, targets_length=256)
-
-
-@dataclass
-class BackboneConfig:
-    """All settings of `build_backbone`, one dataclass per stage."""
-
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    span_corruption: PretrainConfig = field(default_factory=PretrainConfig)
-    lm_adapt: PretrainConfig = field(default_factory=_lm_adapt_default)
 
 
 def train_tokenizer(sources: Sequence[Source], out_dir: str | os.PathLike, config: TokenizerConfig | None = None,

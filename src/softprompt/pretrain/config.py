@@ -28,8 +28,8 @@ class PretrainConfig:
 
     objective: Objective = setting("span-corruption", "span-corruption, or lm-adapt: prefix LM from an existing checkpoint "
                                    "(Lester et al. 2021)")
-    model: ModelSize = setting("micro", "size preset for a new model (presets.PRESETS); lm-adapt keeps its checkpoint's size",
-                               flag="size")
+    model: ModelSize = setting("micro", "size preset for a new model: tiny, nano, micro, mini (presets.PRESETS); "
+                               "lm-adapt keeps its checkpoint's size", flag="size")
     steps: int = setting(20_000, "optimizer steps, also the length of the cosine schedule")
     batch_size: int = setting(128, "sequences per step (T5: 128)")
     inputs_length: int = setting(256, "encoder tokens incl. </s> (T5: 512; 256 keeps small-model pretraining cheap)")
@@ -42,7 +42,8 @@ class PretrainConfig:
                         "plain adamw: ~1e-3")
     min_lr_ratio: float = setting(0.1, "cosine decay ends at lr * this (Hoffmann et al. 2022)")
     warmup_steps: int = setting(1000, "linear warmup from 0 (T5: 10k steps of constant 1e-2, then inverse-sqrt decay)")
-    weight_decay: float = setting(0.0, "T5 and nanoT5 use none; applied to matrices only, not norms or position biases")
+    weight_decay: float = setting(0.0, "decoupled weight decay (T5 and nanoT5 use none), on matrices only, not norms or "
+                                  "position biases")
     beta1: float = setting(0.9, "Adam's first-moment decay")
     beta2: float = setting(0.999, "Adam's second-moment decay (nanoT5)")
     eps: float = setting(1e-8, "Adam's epsilon")
@@ -54,8 +55,8 @@ class PretrainConfig:
     checkpoint_every: int = setting(1000, "steps between checkpoints (and always at the end)")
     max_minutes: float | None = setting(None, "wall-clock limit for this call: stop cleanly, checkpoint, resume later")
     device: str = setting("auto", "auto (CUDA if available, else CPU), cpu, cuda, cuda:1 ...")
-    precision: Precision = setting("auto", "autocast precision of the forward pass (weights stay fp32); "
-                                   "auto: bf16 on CUDA, fp32 elsewhere")
+    precision: Precision = setting("auto", "autocast precision of the forward pass, fp32, bf16 or fp16 (weights stay "
+                                   "fp32); auto: bf16 on CUDA, fp32 elsewhere")
     compile: bool = setting(False, "torch.compile the training forward")
     prefetch: int = setting(4, "batches built ahead in a background thread (0: none)")
     progress: bool = setting(True, "tqdm progress bar", cli=False)

@@ -36,6 +36,7 @@ from softprompt.pretrain import (
     train_tokenizer,
     write_lineage_card,
 )
+from softprompt.pretrain.checkpoint import STATE_FILE, STATE_FORMAT
 from softprompt.pretrain.objectives import PrefixLM, SpanCorruption, compute_input_and_target_lengths, random_spans_noise_mask
 from softprompt.pretrain.optimizer import AdamWScale
 from softprompt.pretrain.tokenizer import sentinel_id
@@ -331,6 +332,45 @@ def test_cli_span_corruption_can_continue_a_checkpoint(span_run, cache_dir, tmp_
     assert summary["val_loss"] < span_run[1]["val_loss"] + 0.5  # continued the trained model, not a fresh one
     assert list(lineage(out)) == ["span-corruption", "span-corruption (round 2)"]
     assert "span-corruption (round 2)" in (out / "README.md").read_text()
+
+
+def _as_format_1(state_file: Path) -> None:
+    """Rewrite a trainer state as format 1 wrote it: torch's generators only, no precision setting."""
+    state = torch.load(state_file, weights_only=True)
+    old = {k: v for k, v in state.items() if k not in ("random", "scaler")}
+    old.update(format=1, rng_cpu=state["random"]["torch"], rng_cuda=[],
+               config={k: v for k, v in state["config"].items() if k != "precision"})
+    torch.save(old, state_file)
+
+
+def test_a_format_1_trainer_state_still_resumes_exactly(cache_dir, tokenizer_dir, tmp_path):
+    config = tiny_config(steps=4, log_every=2)
+    pretrain(config, cache_dir, tmp_path / "a", tokenizer_dir=tokenizer_dir)
+    pretrain(config, cache_dir, tmp_path / "b", tokenizer_dir=tokenizer_dir, stop_at=2)
+    _as_format_1(tmp_path / "b" / STATE_FILE)
+    assert pretrain(config, cache_dir, tmp_path / "b", tokenizer_dir=tokenizer_dir)["complete"]
+    a = T5ForConditionalGeneration.from_pretrained(tmp_path / "a").state_dict()
+    b = T5ForConditionalGeneration.from_pretrained(tmp_path / "b").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.load(tmp_path / "b" / STATE_FILE, weights_only=True)["format"] == STATE_FORMAT
+
+
+def test_resume_refuses_other_settings_but_takes_a_new_time_limit(cache_dir, tokenizer_dir, tmp_path):
+    config = tiny_config(steps=4)
+    pretrain(config, cache_dir, tmp_path / "run", tokenizer_dir=tokenizer_dir, stop_at=1)
+    with pytest.raises(SoftpromptError, match=r"other settings \(lr, precision\)"):
+        pretrain(tiny_config(steps=4, lr=1e-3, precision="bf16"), cache_dir, tmp_path / "run", tokenizer_dir=tokenizer_dir)
+    resumed = pretrain(tiny_config(steps=4, max_minutes=60, log_every=1), cache_dir, tmp_path / "run", tokenizer_dir=tokenizer_dir,
+                       stop_at=2)
+    assert not resumed["complete"] and resumed["steps"] == 2
+    (tmp_path / "run" / STATE_FILE).write_bytes(b"torn")
+    with pytest.raises(SoftpromptError, match="unreadable trainer state"):
+        pretrain(config, cache_dir, tmp_path / "run", tokenizer_dir=tokenizer_dir)
+
+
+def test_bf16_autocast_runs_on_the_cpu_when_asked(cache_dir, tokenizer_dir, tmp_path):
+    summary = pretrain(tiny_config(steps=2, precision="bf16"), cache_dir, tmp_path / "run", tokenizer_dir=tokenizer_dir)
+    assert summary["complete"] and summary["precision"] == "bf16" and np.isfinite(summary["val_loss"])
 
 
 def test_wall_clock_limit_stops_cleanly(cache_dir, tokenizer_dir, tmp_path):

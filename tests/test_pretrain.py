@@ -9,7 +9,9 @@ import json
 import math
 import os
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -28,12 +30,13 @@ from softprompt.pretrain import (
     lineage,
     load_cache,
     parameter_count,
+    presets,
     pretrain,
     read_cache_meta,
     train_tokenizer,
     write_lineage_card,
 )
-from softprompt.pretrain import presets
+from softprompt.pretrain.checkpoint import STATE_FILE, STATE_FORMAT
 from softprompt.pretrain.objectives import PrefixLM, SpanCorruption, compute_input_and_target_lengths, random_spans_noise_mask
 from softprompt.pretrain.optimizer import AdamWScale
 from softprompt.pretrain.tokenizer import sentinel_id
@@ -254,16 +257,16 @@ def test_adamw_scale_steps_relative_to_each_parameter():
     optimizer = AdamWScale(params, lr=2e-2, weight_decay=0.1)
     for t in (1, 2, 3):
         grads = [torch.randn_like(p) for p in params]
-        for p, g in zip(params, grads):
+        for p, g in zip(params, grads, strict=True):
             p.grad = g.clone()
         optimizer.step()
-        for e, g, (m, v) in zip(expected, grads, moments):
+        for e, g, (m, v) in zip(expected, grads, moments, strict=True):
             m.mul_(0.9).add_(g, alpha=0.1)
             v.mul_(0.999).addcmul_(g, g, value=0.001)
             scale = max(1e-3, (e.norm() / math.sqrt(e.numel())).item())
             e.mul_(1 - 2e-2 * 0.1)
             e.sub_(m / (v.sqrt() + 1e-8) * 2e-2 * math.sqrt(1 - 0.999**t) / (1 - 0.9**t) * scale)
-    assert all(torch.allclose(p.detach(), e, atol=1e-6) for p, e in zip(params, expected))
+    assert all(torch.allclose(p.detach(), e, atol=1e-6) for p, e in zip(params, expected, strict=True))
 
 
 def test_pretrain_writes_a_loadable_checkpoint_and_loss_falls(span_run, tokenizer_dir):
@@ -331,6 +334,45 @@ def test_cli_span_corruption_can_continue_a_checkpoint(span_run, cache_dir, tmp_
     assert "span-corruption (round 2)" in (out / "README.md").read_text()
 
 
+def _as_format_1(state_file: Path) -> None:
+    """Rewrite a trainer state as format 1 wrote it: torch's generators only, no precision setting."""
+    state = torch.load(state_file, weights_only=True)
+    old = {k: v for k, v in state.items() if k not in ("random", "scaler")}
+    old.update(format=1, rng_cpu=state["random"]["torch"], rng_cuda=[],
+               config={k: v for k, v in state["config"].items() if k != "precision"})
+    torch.save(old, state_file)
+
+
+def test_a_format_1_trainer_state_still_resumes_exactly(cache_dir, tokenizer_dir, tmp_path):
+    config = tiny_config(steps=4, log_every=2)
+    pretrain(config, cache_dir, tmp_path / "a", tokenizer_dir=tokenizer_dir)
+    pretrain(config, cache_dir, tmp_path / "b", tokenizer_dir=tokenizer_dir, stop_at=2)
+    _as_format_1(tmp_path / "b" / STATE_FILE)
+    assert pretrain(config, cache_dir, tmp_path / "b", tokenizer_dir=tokenizer_dir)["complete"]
+    a = T5ForConditionalGeneration.from_pretrained(tmp_path / "a").state_dict()
+    b = T5ForConditionalGeneration.from_pretrained(tmp_path / "b").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.load(tmp_path / "b" / STATE_FILE, weights_only=True)["format"] == STATE_FORMAT
+
+
+def test_resume_refuses_other_settings_but_takes_a_new_time_limit(cache_dir, tokenizer_dir, tmp_path):
+    config = tiny_config(steps=4)
+    pretrain(config, cache_dir, tmp_path / "run", tokenizer_dir=tokenizer_dir, stop_at=1)
+    with pytest.raises(SoftpromptError, match=r"other settings \(lr, precision\)"):
+        pretrain(tiny_config(steps=4, lr=1e-3, precision="bf16"), cache_dir, tmp_path / "run", tokenizer_dir=tokenizer_dir)
+    resumed = pretrain(tiny_config(steps=4, max_minutes=60, log_every=1), cache_dir, tmp_path / "run", tokenizer_dir=tokenizer_dir,
+                       stop_at=2)
+    assert not resumed["complete"] and resumed["steps"] == 2
+    (tmp_path / "run" / STATE_FILE).write_bytes(b"torn")
+    with pytest.raises(SoftpromptError, match="unreadable trainer state"):
+        pretrain(config, cache_dir, tmp_path / "run", tokenizer_dir=tokenizer_dir)
+
+
+def test_bf16_autocast_runs_on_the_cpu_when_asked(cache_dir, tokenizer_dir, tmp_path):
+    summary = pretrain(tiny_config(steps=2, precision="bf16"), cache_dir, tmp_path / "run", tokenizer_dir=tokenizer_dir)
+    assert summary["complete"] and summary["precision"] == "bf16" and np.isfinite(summary["val_loss"])
+
+
 def test_wall_clock_limit_stops_cleanly(cache_dir, tokenizer_dir, tmp_path):
     stopped = pretrain(tiny_config(steps=50, max_minutes=1e-6), cache_dir, tmp_path / "run", tokenizer_dir=tokenizer_dir)
     assert not stopped["complete"] and stopped["steps"] == 1
@@ -349,6 +391,71 @@ def test_build_backbone_runs_every_stage_and_skips_them_on_rerun(corpus_file, tm
     stamp = (tmp_path / "bb" / "tokenizer" / "tokenizer.json").stat().st_mtime_ns
     assert build_backbone(tmp_path / "bb", [corpus_file], config)["stages"] == result["stages"]
     assert (tmp_path / "bb" / "tokenizer" / "tokenizer.json").stat().st_mtime_ns == stamp
+
+
+# --- settings and the command line ---------------------------------------------------------------
+
+
+def test_config_checks_name_the_field():
+    for changes, message in [({"steps": 0}, "PretrainConfig.steps=0 must be at least 1"),
+                             ({"objective": "mlm"}, "PretrainConfig.objective='mlm' is not one of span-corruption, lm-adapt"),
+                             ({"optimizer": "sgd"}, "PretrainConfig.optimizer='sgd'"),
+                             ({"model": "huge"}, "PretrainConfig.model='huge'"),
+                             ({"precision": "fp8"}, "PretrainConfig.precision='fp8'"),
+                             ({"noise_density": 0.6}, r"PretrainConfig.noise_density=0.6 must be in \(0, 0.5\)"),
+                             ({"lr": 0.0}, "PretrainConfig.lr=0.0 must be positive")]:
+        with pytest.raises(SoftpromptError, match=message):
+            PretrainConfig(**changes)
+    assert get_args(presets.ModelSize) == tuple(presets.PRESETS)
+
+
+def test_fp16_on_the_cpu_is_refused_before_anything_is_written(cache_dir, tokenizer_dir, tmp_path):
+    with pytest.raises(SoftpromptError, match="fp16"):
+        pretrain(tiny_config(precision="fp16"), cache_dir, tmp_path / "run", tokenizer_dir=tokenizer_dir)
+    assert not (tmp_path / "run").exists()
+
+
+def _cli_configs(*flags: str) -> tuple[PretrainConfig, PretrainConfig]:
+    from softprompt.cli import build_parser, pretrain_configs
+
+    return pretrain_configs(build_parser().parse_args(["pretrain", *flags]))
+
+
+def test_cli_without_flags_builds_the_library_stages():
+    library = BackboneConfig()
+    assert _cli_configs("backbone", "--output", "X", "--corpus", "Y") == (library.span_corruption, library.lm_adapt)
+    span, lm = _cli_configs("backbone", "--output", "X", "--corpus", "Y", "--quiet")  # --quiet sets progress only
+    assert (replace(span, progress=True), replace(lm, progress=True)) == (library.span_corruption, library.lm_adapt)
+    assert not span.progress and not lm.progress
+
+
+def test_cli_flags_override_the_library_stages():
+    library = BackboneConfig()
+    span, lm = _cli_configs("backbone", "--output", "X", "--corpus", "Y", "--size", "nano", "--batch-size", "16",
+                            "--span-steps", "10", "--lm-steps", "300", "--warmup-steps", "500", "--lm-lr", "0.005",
+                            "--precision", "bf16", "--max-minutes", "30")
+    assert (span.model, span.batch_size, span.steps, span.warmup_steps, span.lr) == ("nano", 16, 10, 500, library.span_corruption.lr)
+    assert (lm.model, lm.batch_size, lm.steps, lm.warmup_steps, lm.lr) == ("nano", 16, 300, 30, 0.005)  # warmup: a tenth of 300
+    assert span.precision == lm.precision == "bf16" and span.max_minutes == lm.max_minutes == 30
+    assert lm.eval_every == library.lm_adapt.eval_every and span.eval_every == library.span_corruption.eval_every
+    _, lm = _cli_configs("backbone", "--output", "X", "--warmup-steps", "500", "--lm-warmup-steps", "7")
+    assert lm.warmup_steps == 7
+    # the README's second LM-adaptation round: the interval flags apply to the stage run, --inputs-length sets its targets
+    _, lm = _cli_configs("lm-adapt", "--init-from", "A", "--cache", "B", "--output", "C", "--size", "nano", "--batch-size", "64",
+                         "--inputs-length", "128", "--lm-steps", "300", "--warmup-steps", "30", "--eval-every", "100",
+                         "--checkpoint-every", "100")
+    assert (lm.steps, lm.warmup_steps, lm.eval_every, lm.checkpoint_every, lm.inputs_length, lm.targets_length) == \
+        (300, 30, 100, 100, 128, 128)
+
+
+def test_cli_refuses_bad_pretrain_settings(tmp_path, capsys):
+    from softprompt.cli import main
+
+    assert main(["pretrain", "backbone", "--output", str(tmp_path / "x"), "--corpus", "y", "--lm-steps", "0"]) == 2
+    assert "PretrainStages.lm_steps=0 must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["pretrain", "backbone", "--output", str(tmp_path / "x"), "--size", "huge"])
+    assert not (tmp_path / "x").exists()
 
 
 # --- errors ----------------------------------------------------------------------------------------
@@ -394,5 +501,5 @@ def test_packaged_checkpoint_is_half_precision_and_loads_for_prompt_tuning(span_
     model, tokenizer = backbone.model, backbone.tokenizer
     original = T5ForConditionalGeneration.from_pretrained(str(run_dir))
     assert next(model.parameters()).dtype == torch.float32 and len(tokenizer) == model.config.vocab_size
-    for (name, a), (_, b) in zip(original.state_dict().items(), model.state_dict().items()):
+    for (name, a), (_, b) in zip(original.state_dict().items(), model.state_dict().items(), strict=True):
         torch.testing.assert_close(a.half().float(), b, msg=name)

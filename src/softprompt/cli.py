@@ -110,22 +110,30 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def pretrain_configs(args: argparse.Namespace):
-    """The two training stages' configs from the pretrain flags (shared by all pretrain commands)."""
-    from .pretrain import PretrainConfig
+    """The two training stages' configs from the pretrain flags (shared by all pretrain commands).
 
-    common = dict(batch_size=args.batch_size, inputs_length=args.inputs_length, seed=args.seed, device=args.device,
-                  compile=args.compile, max_minutes=args.max_minutes, progress=not args.quiet)
-    span = PretrainConfig(objective="span-corruption", model=args.size, steps=args.span_steps, lr=args.lr,
-                          warmup_steps=args.warmup_steps, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, **common)
-    lm = PretrainConfig(objective="lm-adapt", model=args.size, steps=args.lm_steps, lr=args.lm_lr, targets_length=args.inputs_length,
-                        warmup_steps=min(args.warmup_steps, max(1, args.lm_steps // 10)), eval_every=args.eval_every,
-                        checkpoint_every=args.checkpoint_every, **common)
-    return span, lm
+    The flags given are laid over `BackboneConfig()`'s stages: PretrainConfig's fields for both,
+    PretrainStages' per stage; with no flags the configs are the library's (no progress bar under --quiet).
+    """
+    from .pretrain import PretrainStages
+
+    shared = given(args, "pretrain.")
+    if args.quiet:
+        shared["progress"] = False
+    return PretrainStages.from_flags(given(args, "stages."), shared).configs(shared)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from .pretrain import (BackboneConfig, TokenizerConfig, build_backbone, build_corpus_cache, package_checkpoint,
-                           pretrain, read_cache_meta, write_lineage_card)
+    from .pretrain import (
+        BackboneConfig,
+        TokenizerConfig,
+        build_backbone,
+        build_corpus_cache,
+        package_checkpoint,
+        pretrain,
+        read_cache_meta,
+        write_lineage_card,
+    )
     from .pretrain.corpus import task_inputs
 
     span, lm = pretrain_configs(args)
@@ -145,6 +153,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
             raise SoftpromptError("pretrain package needs --init-from CHECKPOINT")
         result = {"packaged": str(package_checkpoint(args.init_from, args.output))}
     else:
+        if not args.cache:
+            raise SoftpromptError(f"pretrain {args.stage} needs --cache (a corpus cache folder)")
         if args.stage == "span-corruption":
             result = pretrain(span, args.cache, args.output, tokenizer_dir=args.tokenizer, init_from=args.init_from,
                               command=command)
@@ -158,9 +168,10 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def add_pretrain_args(p: argparse.ArgumentParser) -> None:
-    from .pretrain import PRESETS, PretrainConfig, TokenizerConfig
+    """Folders by hand; settings generated from PretrainStages (per stage) and PretrainConfig (the rest, both stages)."""
+    from .pretrain import PretrainConfig, PretrainStages, TokenizerConfig
+    from .pretrain.stages import STAGE_FIELDS
 
-    d = PretrainConfig()
     p.add_argument("stage", choices=("backbone", "cache", "span-corruption", "lm-adapt", "package"),
                    help="backbone: every stage (tokenizer, cache, span corruption, LM adaptation), skipping complete ones; "
                         "cache: tokenise a corpus with an existing --tokenizer (e.g. a task's inputs for further LM adaptation); "
@@ -173,21 +184,10 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", help="span-corruption, cache: a tokenizer (or checkpoint) folder")
     p.add_argument("--init-from", help="lm-adapt (required), span-corruption (optional, e.g. further pretraining on a task's inputs): "
                         "the checkpoint to continue; package: the checkpoint to copy")
-    p.add_argument("--size", choices=sorted(PRESETS), default=d.model, help="model size preset (default: %(default)s)")
-    p.add_argument("--vocab-size", type=int, default=TokenizerConfig().vocab_size, help="(default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
-    p.add_argument("--inputs-length", type=int, default=d.inputs_length, help="encoder tokens per sequence (default: %(default)s)")
-    p.add_argument("--span-steps", type=int, default=d.steps, help="span-corruption steps (default: %(default)s)")
-    p.add_argument("--lm-steps", type=int, default=2000, help="LM-adaptation steps (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=d.lr, help="span-corruption peak rate (default: %(default)s)")
-    p.add_argument("--lm-lr", type=float, default=1e-2, help="LM-adaptation peak rate (default: %(default)s)")
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="(default: %(default)s)")
-    p.add_argument("--eval-every", type=int, default=d.eval_every, help="(default: %(default)s)")
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="(default: %(default)s)")
-    p.add_argument("--max-minutes", type=float, help="wall-clock limit per stage for this call; rerun to resume")
-    p.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
-    p.add_argument("--device", default=d.device, help="(default: %(default)s)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    p.add_argument("--vocab-size", type=int, default=TokenizerConfig().vocab_size,
+                   help="backbone: tokenizer ids, sentinels included (default: %(default)s)")
+    add_config_arguments(p, PretrainStages, dest_prefix="stages.")
+    add_config_arguments(p, PretrainConfig, skip=STAGE_FIELDS, dest_prefix="pretrain.")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,81 +5,77 @@ machines, and a rerun skips what is complete and resumes what was interrupted:
 
   out_dir/tokenizer/         T5-style unigram tokenizer (tokenizer.py)
   out_dir/cache/             tokenised corpus: train.npy, val.npy, corpus.json (corpus.py)
-  out_dir/span-corruption/   checkpoint after span corruption (loop.py), with README.md
+  out_dir/span-corruption/   checkpoint after span corruption (loop.py, checkpoint.py), with README.md
   out_dir/lm-adapted/        checkpoint after LM adaptation: the backbone for prompt tuning, with README.md
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from transformers import PreTrainedTokenizerBase
 
 from ..errors import SoftpromptError
 from .card import write_model_card
-from .corpus import (CorpusCache, CorpusConfig, CorpusSource, build_cache, is_cache_folder, load_cache, read_cache_meta,
-                     read_documents)
-from .loop import PretrainConfig, package_checkpoint, pretrain, read_summary
+from .checkpoint import package_checkpoint, read_summary
+from .config import PretrainConfig
+from .corpus import (
+    CorpusCache,
+    CorpusConfig,
+    CorpusSource,
+    build_cache,
+    is_cache_folder,
+    load_cache,
+    read_cache_meta,
+    read_documents,
+)
+from .loop import pretrain
 from .presets import PRESETS, build_model, parameter_count
+from .stages import BackboneConfig, PretrainStages
 from .tokenizer import TokenizerConfig, is_tokenizer_folder, load_tokenizer, train_and_save
 
 __all__ = [
-    "BackboneConfig", "CorpusCache", "CorpusConfig", "CorpusSource", "PRESETS", "PretrainConfig", "TokenizerConfig",
-    "build_backbone", "build_corpus_cache", "build_model", "lineage", "load_cache", "load_tokenizer", "package_checkpoint",
-    "parameter_count", "pretrain", "read_cache_meta", "train_tokenizer", "write_lineage_card",
+    "BackboneConfig", "CorpusCache", "CorpusConfig", "CorpusSource", "PRESETS", "PretrainConfig", "PretrainStages",
+    "TokenizerConfig", "build_backbone", "build_corpus_cache", "build_model", "lineage", "load_cache", "load_tokenizer",
+    "package_checkpoint", "parameter_count", "pretrain", "read_cache_meta", "train_tokenizer", "write_lineage_card",
 ]
 
 Source = str | os.PathLike | CorpusSource
 
 
-def _lm_adapt_default() -> PretrainConfig:
-    # Lester et al. 2021: LM adaptation for up to 100K extra steps, ~10% of T5's pretraining. A fresh
-    # optimizer on a trained model: half the peak rate, short warmup.
-    return PretrainConfig(objective="lm-adapt", steps=2000, warmup_steps=100, lr=1e-2, eval_every=500,
-                          checkpoint_every=500, targets_length=256)
-
-
-@dataclass
-class BackboneConfig:
-    """All settings of `build_backbone`, one dataclass per stage."""
-
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    span_corruption: PretrainConfig = field(default_factory=PretrainConfig)
-    lm_adapt: PretrainConfig = field(default_factory=_lm_adapt_default)
-
-
-def train_tokenizer(sources: Sequence[Source], out_dir: str | os.PathLike, config: TokenizerConfig = TokenizerConfig(),
-                    corpus: CorpusConfig = CorpusConfig(), extra_texts: Iterable[str] = ()) -> PreTrainedTokenizerBase:
+def train_tokenizer(sources: Sequence[Source], out_dir: str | os.PathLike, config: TokenizerConfig | None = None,
+                    corpus: CorpusConfig | None = None, extra_texts: Iterable[str] = ()) -> PreTrainedTokenizerBase:
     """Train a T5-style unigram tokenizer on the documents of `sources` (+ extra texts) into `out_dir`.
 
-    Raises SoftpromptError for a missing or unreadable source or an empty corpus.
+    Raises SoftpromptError for a missing or unreadable source or an empty corpus. Settings default to
+    TokenizerConfig() and CorpusConfig().
     """
     documents, _ = read_documents(sources, corpus, extra_texts)
     return train_and_save(documents, out_dir, config)
 
 
 def build_corpus_cache(sources: Sequence[Source], tokenizer_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                       config: CorpusConfig = CorpusConfig(), extra_texts: Iterable[str] = ()) -> dict:
+                       config: CorpusConfig | None = None, extra_texts: Iterable[str] = ()) -> dict:
     """Tokenise `sources` (+ extra texts, e.g. unlabeled task inputs) once into the cache folder `out_dir`.
 
     Returns corpus.json's content. Raises SoftpromptError for a bad source, an empty corpus or a bad tokenizer folder.
     """
+    config = config if config is not None else CorpusConfig()
     documents, stats = read_documents(sources, config, extra_texts)
     return build_cache(documents, stats, load_tokenizer(tokenizer_dir), out_dir, config)
 
 
-def build_backbone(out_dir: str | os.PathLike, sources: Sequence[Source], config: BackboneConfig = BackboneConfig(),
+def build_backbone(out_dir: str | os.PathLike, sources: Sequence[Source], config: BackboneConfig | None = None,
                    extra_texts: Iterable[str] = (), command: str = "") -> dict:
     """Run every stage into `out_dir` (tokenizer, cache, span corruption, LM adaptation), skipping complete ones.
 
     Returns {"checkpoint": final folder, "complete": bool, "stages": {name: summary}}; "complete" is
     false when a stage stopped at its wall-clock limit (call again to resume). `command` is recorded
-    in the model cards. Raises SoftpromptError as the stages do.
+    in the model cards. Raises SoftpromptError as the stages do. Settings default to BackboneConfig().
     """
+    config = config if config is not None else BackboneConfig()
     out = Path(out_dir)
     tokenizer_dir, cache_dir = out / "tokenizer", out / "cache"
     span_dir, lm_dir = out / "span-corruption", out / "lm-adapted"

@@ -14,10 +14,10 @@ import html
 import json
 import os
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from itertools import chain
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
@@ -160,13 +160,14 @@ def as_source(source: str | os.PathLike | CorpusSource) -> CorpusSource:
 
 def read_documents(
     sources: Sequence[str | os.PathLike | CorpusSource],
-    config: CorpusConfig = CorpusConfig(),
+    config: CorpusConfig | None = None,
     extra_texts: Iterable[str] = (),
 ) -> tuple[list[str], list[SourceStats]]:
     """Every document of every source, then the extra texts (e.g. unlabeled task inputs), each one document.
 
-    Raises SoftpromptError naming the sources when nothing usable is found.
+    Raises SoftpromptError naming the sources when nothing usable is found. Settings default to CorpusConfig().
     """
+    config = config if config is not None else CorpusConfig()
     documents, stats = [], []
     for source in map(as_source, sources):
         docs, source_stats = read_source(source, config)
@@ -214,9 +215,10 @@ def build_cache(
     stats: list[SourceStats],
     tokenizer: PreTrainedTokenizerBase,
     folder: str | os.PathLike,
-    config: CorpusConfig = CorpusConfig(),
+    config: CorpusConfig | None = None,
 ) -> dict:
     """Tokenise the documents once and write the cache folder atomically; returns corpus.json's content."""
+    config = config if config is not None else CorpusConfig()
     train_docs, val_docs = split_documents(documents, config)
     train = encode_documents(train_docs, tokenizer, config.encode_batch)
     val = encode_documents(val_docs, tokenizer, config.encode_batch)[: config.max_val_tokens]

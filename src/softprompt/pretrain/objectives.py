@@ -112,7 +112,8 @@ class SpanCorruption:
     labels (b, targets_length), no padding."""
 
     def __init__(self, inputs_length: int, first_sentinel: int, eos_id: int, num_sentinels: int = 100,
-                 config: SpanCorruptionConfig = SpanCorruptionConfig()):
+                 config: SpanCorruptionConfig | None = None):
+        config = config if config is not None else SpanCorruptionConfig()
         self.config = config
         self.first_sentinel, self.eos_id = first_sentinel, eos_id
         self.window_length, self.targets_length = compute_input_and_target_lengths(

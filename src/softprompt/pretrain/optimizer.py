@@ -7,14 +7,20 @@ learn while the attention weights churn, and span corruption stalls near unigram
 decoder that ignores the encoder. Scaling AdamW's update by max(1e-3, RMS(param)) restores
 Adafactor's relative steps; this is nanoT5's `AdamWScale` (Nawrot 2023), which matched Adafactor
 on T5 pretraining.
+
+The schedule: linear warmup, then cosine decay to `min_lr_ratio` of the peak at the last step.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .config import PretrainConfig
 
 
 class AdamWScale(torch.optim.Optimizer):
@@ -58,3 +64,27 @@ class AdamWScale(torch.optim.Optimizer):
         if group["weight_decay"]:
             torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
         torch._foreach_sub_(params, updates)
+
+
+def make_optimizer(model: torch.nn.Module, config: PretrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """`config.optimizer` over `model`'s parameters; weight decay on matrices only, not norms or position biases."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.ndim >= 2 and "relative_attention_bias" not in name else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    betas = (config.beta1, config.beta2)
+    if config.optimizer == "adamw-scale":
+        return AdamWScale(groups, lr=config.lr, betas=betas, eps=config.eps)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=betas, eps=config.eps, fused=device.type == "cuda")
+
+
+def lr_factor(step: int, config: PretrainConfig) -> float:
+    """Linear warmup to 1, then cosine decay to min_lr_ratio at the last step."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, config: PretrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))

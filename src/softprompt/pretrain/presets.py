@@ -15,6 +15,7 @@ logits, avoiding the huge-logit start in which the decoder learns to ignore the 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
@@ -31,6 +32,8 @@ class ModelPreset:
     d_kv: int = 64  # T5 1.1
     tie_embeddings: bool = True  # see the module docstring
 
+
+ModelSize = Literal["tiny", "nano", "micro", "mini"]  # the keys of PRESETS (a test checks), for typed configs
 
 # Parameter counts for an 8,192-id vocabulary (tests/test_pretrain.py prints them): about 3x per step.
 PRESETS: dict[str, ModelPreset] = {

@@ -14,9 +14,9 @@ import json
 import os
 import unicodedata
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -107,8 +107,9 @@ def _add_t5_conventions(tok: Tokenizer, num_sentinels: int) -> Tokenizer:
     return tok
 
 
-def train_unigram(texts: Sequence[str], config: TokenizerConfig = TokenizerConfig()) -> Tokenizer:
-    """Learn the unigram pieces on `texts` and lay the ids out as T5 does."""
+def train_unigram(texts: Sequence[str], config: TokenizerConfig | None = None) -> Tokenizer:
+    """Learn the unigram pieces on `texts` and lay the ids out as T5 does (default settings: TokenizerConfig())."""
+    config = config if config is not None else TokenizerConfig()
     if config.vocab_size <= len(SPECIAL_TOKENS) + config.num_sentinels:
         raise SoftpromptError(f"TokenizerConfig.vocab_size={config.vocab_size} leaves no room for pieces")
     texts = list(texts[: config.max_documents] if config.max_documents else texts)
@@ -128,8 +129,9 @@ def train_unigram(texts: Sequence[str], config: TokenizerConfig = TokenizerConfi
     return _add_t5_conventions(_sorted_by_score(tok), config.num_sentinels)
 
 
-def wrap(tok: Tokenizer, config: TokenizerConfig = TokenizerConfig()) -> PreTrainedTokenizerFast:
+def wrap(tok: Tokenizer, config: TokenizerConfig | None = None) -> PreTrainedTokenizerFast:
     """The `transformers` face of the tokenizer: pad/eos/unk and sentinels named as T5's tokenizer names them."""
+    config = config if config is not None else TokenizerConfig()
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token=PAD,
@@ -149,8 +151,9 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: str | os.PathLike
     write_json_atomic(config_file, data)
 
 
-def train_and_save(texts: Sequence[str], folder: str | os.PathLike, config: TokenizerConfig = TokenizerConfig()) -> PreTrainedTokenizerFast:
+def train_and_save(texts: Sequence[str], folder: str | os.PathLike, config: TokenizerConfig | None = None) -> PreTrainedTokenizerFast:
     """Train on `texts` and write the tokenizer folder atomically (with its training settings)."""
+    config = config if config is not None else TokenizerConfig()
     tokenizer = wrap(train_unigram(texts, config), config)
     with atomic_folder(folder) as tmp:
         save_tokenizer(tokenizer, tmp)

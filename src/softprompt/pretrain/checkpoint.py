@@ -1,0 +1,172 @@
+"""A pretraining run folder: a Hugging Face checkpoint plus what an exact resume needs.
+
+  config.json, model.safetensors, generation_config.json   the model (save_pretrained)
+  tokenizer.json, tokenizer_config.json                      its tokenizer
+  trainer_state.pt        optimizer, schedule, loss scaler, step, random states, token counts, elapsed time
+  train_log.jsonl         {"step", "loss", "lr", ...} every `log_every` steps; eval records add "val_loss" etc.
+  pretrain_summary.json   written with the last checkpoint of a call; "complete": true once all steps ran
+Each checkpoint is built in a temporary folder and swapped in by rename, so a crash leaves the
+previous checkpoint whole. `trainer_state.pt` holds tensors and plain values only, so it loads
+with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
+
+from ..errors import SoftpromptError
+from ..files import atomic_folder, recover_folder, write_json_atomic
+from . import tokenizer as tok_lib
+
+STATE_FILE, LOG_FILE, SUMMARY_FILE = "trainer_state.pt", "train_log.jsonl", "pretrain_summary.json"
+# 2: random states as run.random_states() gives them (python, numpy, torch, cuda), the loss scaler's state,
+#    and the precision setting in the config. 1: torch's CPU and CUDA generators only, no precision (read as "auto").
+STATE_FORMAT = 2
+
+
+# --- model checkpoints -----------------------------------------------------------------------------
+
+
+def is_checkpoint(folder: str | os.PathLike) -> bool:
+    folder = Path(folder)
+    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+    return (folder / "config.json").is_file() and any((folder / w).is_file() for w in weights)
+
+
+def load_model(folder: str | os.PathLike) -> T5ForConditionalGeneration:
+    """A T5 checkpoint in fp32. Raises SoftpromptError if `folder` is not one."""
+    if not is_checkpoint(folder):
+        raise SoftpromptError(f"{folder}: not a model checkpoint (config.json and model weights expected)")
+    model_type = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("model_type")
+    if model_type != "t5":
+        raise SoftpromptError(f"{Path(folder) / 'config.json'}: model_type {model_type!r}, pretraining needs 't5'")
+    return T5ForConditionalGeneration.from_pretrained(str(folder), dtype=torch.float32)
+
+
+def check_vocab(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerBase, where: str) -> None:
+    """The model's embedding rows must be the tokenizer's ids; raises SoftpromptError otherwise."""
+    rows = model.get_input_embeddings().num_embeddings
+    if rows != len(tokenizer):
+        raise SoftpromptError(f"{where}: tokenizer has {len(tokenizer)} ids but the model's embedding has {rows} rows")
+
+
+def package_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Copy a finished checkpoint in float16 with its model card and summary, for shipping inside the package.
+
+    Half precision halves the size; `softprompt.backbones.load_backbone` reads it back as float32.
+    Raises SoftpromptError if `checkpoint` is not a checkpoint.
+    """
+    model, checkpoint = load_model(checkpoint), Path(checkpoint)
+    with atomic_folder(out_dir) as tmp:
+        model.to(torch.float16).save_pretrained(tmp)
+        tok_lib.save_tokenizer(tok_lib.load_tokenizer(checkpoint), tmp)
+        for name in ("README.md", SUMMARY_FILE, LOG_FILE):
+            if (checkpoint / name).is_file():
+                (tmp / name).write_bytes((checkpoint / name).read_bytes())
+    return Path(out_dir)
+
+
+# --- the run folder --------------------------------------------------------------------------------
+
+
+def is_run(out_dir: str | os.PathLike) -> bool:
+    recover_folder(out_dir)
+    return (Path(out_dir) / STATE_FILE).is_file()
+
+
+def read_summary(out_dir: str | os.PathLike) -> dict | None:
+    path = Path(out_dir) / SUMMARY_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def is_complete(out_dir: str | os.PathLike) -> bool:
+    summary = read_summary(out_dir) if is_run(out_dir) else None
+    return bool(summary and summary.get("complete"))
+
+
+def read_log(out_dir: Path, up_to_step: int) -> list[dict]:
+    """Log records of a run up to its checkpoint (lines written after it are dropped, they will be redone)."""
+    path = out_dir / LOG_FILE
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r for r in records if r.get("step", 0) <= up_to_step]
+
+
+def log_text(log: list[dict]) -> str:
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in log)
+
+
+def check_new_out_dir(out_dir: Path) -> None:
+    """A new run may start in a missing or empty folder, or one holding only the log of a run that never checkpointed."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SoftpromptError(f"{out_dir}: is a file, not a run folder; choose a new folder")
+    if out_dir.exists() and any(p.name != LOG_FILE for p in out_dir.iterdir()):
+        raise SoftpromptError(f"{out_dir}: exists and is not a pretraining run ({STATE_FILE} missing); choose a new folder")
+
+
+def prepare_out_dir(out_dir: Path) -> None:
+    """Create a new run's folder, dropping the log of an earlier attempt that never checkpointed."""
+    check_new_out_dir(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / LOG_FILE).unlink(missing_ok=True)
+
+
+def save_checkpoint(out_dir: Path, model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerBase,
+                    state: dict, log: list[dict], summary: dict | None = None) -> None:
+    """Model, tokenizer, trainer state, log (and summary) in a temporary folder, then swapped in."""
+    with atomic_folder(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tok_lib.save_tokenizer(tokenizer, tmp)
+        torch.save({**state, "random": _portable(state["random"])}, tmp / STATE_FILE)
+        (tmp / LOG_FILE).write_text(log_text(log), encoding="utf-8")
+        if summary is not None:
+            write_json_atomic(tmp / SUMMARY_FILE, summary)
+
+
+def load_state(out_dir: Path) -> dict[str, Any]:
+    """The trainer state of the run in `out_dir`, in the current format (format 1 is upgraded).
+
+    Raises SoftpromptError for an unreadable file or a format this version does not know.
+    """
+    path = out_dir / STATE_FILE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a torn or foreign file: say which, do not crash
+        raise SoftpromptError(f"{path}: unreadable trainer state ({type(err).__name__}: {err})") from None
+    version = state.get("format") if isinstance(state, dict) else None
+    if version == 1:
+        return _from_format_1(state)
+    if version != STATE_FORMAT:
+        raise SoftpromptError(f"{path}: trainer state format {version!r}; this softprompt reads formats 1 to {STATE_FORMAT}")
+    return {**state, "random": _native(state["random"])}
+
+
+def _from_format_1(state: dict) -> dict[str, Any]:
+    """Format 1 kept torch's generators only (the loop draws from no other) and had no precision setting:
+    its runs autocast as "auto" does. Python's and numpy's generators are left as they are."""
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": state["rng_cpu"]}
+    if state["rng_cuda"]:
+        states["cuda"] = state["rng_cuda"]
+    rest = {k: v for k, v in state.items() if k not in ("rng_cpu", "rng_cuda")}
+    return {**rest, "format": STATE_FORMAT, "config": {"precision": "auto", **state["config"]}, "random": states,
+            "scaler": {}}
+
+
+def _portable(states: dict[str, Any]) -> dict[str, Any]:
+    """numpy's generator state with its key array as a tensor, so the file loads with weights_only=True."""
+    name, keys, *rest = states["numpy"]
+    return {**states, "numpy": (name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), *rest)}
+
+
+def _native(states: dict[str, Any]) -> dict[str, Any]:
+    name, keys, *rest = states["numpy"]
+    return {**states, "numpy": (name, keys.numpy().astype(np.uint32), *rest)}

@@ -21,7 +21,14 @@ from .causal import DecoderOnly
 
 
 class SharedPrefixDecoderOnly(DecoderOnly):
-    """The decoder-only adapter with prompt states computed once per distinct prompt of a batch."""
+    """The decoder-only adapter with prompt states computed once per distinct prompt of a batch.
+
+    Without any prompt rows (model tuning with p = 0 and no BOS) there is nothing to share, and the
+    concatenated path runs instead.
+    """
+
+    def _nothing_to_share(self, prompts: Prompts) -> bool:
+        return self.bos_id is None and all(w.shape[0] == 0 for w in prompts.weights)
 
     def _prompt_cache(self, prompts: Prompts):
         """Run the distinct prompts once; returns (cache expanded to the batch, prefix mask (b, L), prompt lengths (b,))."""
@@ -49,6 +56,8 @@ class SharedPrefixDecoderOnly(DecoderOnly):
         return out, full_mask, positions
 
     def nll(self, prompts: Prompts, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._nothing_to_share(prompts):
+            return super().nll(prompts, batch)
         labels = batch["labels"]  # (b, n + m): left-padded, so every label sits in the last columns
         first = int((labels != -100).any(0).nonzero().min())
         keep = labels.shape[1] - first + 1  # the position before the first label predicts it
@@ -58,6 +67,8 @@ class SharedPrefixDecoderOnly(DecoderOnly):
     def score(self, prompts: Prompts, batch: dict[str, torch.Tensor], pair_example: torch.Tensor,
               candidate_ids: torch.Tensor) -> torch.Tensor:
         """Prompts once per distinct prompt, inputs once per example, candidates once per pair."""
+        if self._nothing_to_share(prompts):
+            return super().score(prompts, batch, pair_example, candidate_ids)
         out, mask, positions = self._run_tokens(prompts, batch["input_ids"], batch["attention_mask"], logits_to_keep=1)
         cache = out.past_key_values
         cache.batch_select_indices(pair_example)  # (b, ...) -> (c, ...)
@@ -72,6 +83,8 @@ class SharedPrefixDecoderOnly(DecoderOnly):
 
     def generate(self, prompts: Prompts, batch: dict[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
         """Greedy decoding over the shared prompt states: (b, <= max_new_tokens), pad after each end."""
+        if self._nothing_to_share(prompts):
+            return super().generate(prompts, batch, max_new_tokens)
         eos, pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         out, mask, positions = self._run_tokens(prompts, batch["input_ids"], batch["attention_mask"], logits_to_keep=1)
         b = mask.shape[0]

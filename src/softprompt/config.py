@@ -23,6 +23,7 @@ TargetFormat = Literal["plain", "sentinel"]
 Tune = Literal["prompt", "model"]
 DType = Literal["fp32", "bf16", "fp16"]
 Precision = Literal["fp32", "bf16", "fp16"]
+Recipe = Literal["scaled", "paper"]
 
 INITS, EVAL_METHODS, TARGET_FORMATS, TUNE_MODES, DTYPES = (get_args(t) for t in (Init, EvalMethod, TargetFormat, Tune, DType))
 
@@ -121,7 +122,8 @@ class TrainConfig:
     max_minutes: float | None = setting(None, "stop cleanly after this much wall-clock time, keeping the best prompt")
     batch_size: int = setting(32, "examples per step (paper: 32)")
     group_by_length: bool = setting(True, "batches of similar input length, for less padding; off: random batches")
-    lr: float = setting(0.3, "Adafactor learning rate (paper: constant 0.3)")
+    recipe: Recipe = setting("scaled", "scaled: lr times the backbone's embedding RMS over T5's (optim.py); paper: lr as given")
+    lr: float = setting(0.3, "Adafactor learning rate on T5's embedding scale (paper: constant 0.3)")
     weight_decay: float = setting(1e-5, "Adafactor weight decay (paper: 1e-5)")
     beta2_decay: float = setting(0.8, "Adafactor second-moment decay exponent (paper: 0.8)")
     max_input_length: int = setting(512, "input tokens kept per example (T5: 512)")

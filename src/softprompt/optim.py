@@ -1,4 +1,13 @@
-"""What trains and how: the parameters a run updates, Adafactor as the paper sets it, and a weight average."""
+"""What trains and how: the parameters a run updates, Adafactor as the paper sets it, and a weight average.
+
+The learning rate is scale-aware by default (`recipe="scaled"`). Adafactor without parameter
+scaling moves every element by about `lr` per step (its update RMS is clipped to lr), whatever the
+size of the vectors it moves. The paper's lr 0.3 was set for T5's embedding table; on a backbone
+whose embeddings are 10x smaller (SmolLM2-135M: RMS 0.136) the same step throws the prompt far off
+the vocabulary's scale. The scaled recipe keeps the step in proportion to the table:
+`lr x RMS(embeddings) / T5_EMBEDDING_RMS`, which is the paper's 0.3 on the project's T5 backbone
+and 0.027 on SmolLM2. `recipe="paper"` uses `lr` as given.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +17,25 @@ import torch
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 from transformers.optimization import Adafactor
 
+from .backbones import Backbone
 from .config import TrainConfig
 from .model import PromptedModel
+
+# The RMS of the project's T5 1.1-architecture backbone (packaged:t5-nano-lm-adapted), trained from
+# T5's N(0, 1) embedding initialisation; T5 1.1's own checkpoints cannot be read offline.
+# tests/test_optim.py checks it against the packaged table.
+T5_EMBEDDING_RMS = 1.53
+
+
+def embedding_rms(backbone: Backbone) -> float:
+    return float(backbone.embeddings.detach().float().pow(2).mean().sqrt())
+
+
+def learning_rate(config: TrainConfig, backbone: Backbone) -> float:
+    """The Adafactor step size the run uses: scaled to the backbone's embeddings, or the paper's as given."""
+    if config.recipe == "paper" or config.tune == "model":
+        return config.lr
+    return config.lr * embedding_rms(backbone) / T5_EMBEDDING_RMS
 
 
 def trainable_parameters(model: PromptedModel, config: TrainConfig) -> list[torch.nn.Parameter]:
@@ -20,9 +46,9 @@ def trainable_parameters(model: PromptedModel, config: TrainConfig) -> list[torc
     return model.prompt_parameters()
 
 
-def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> Adafactor:
-    """Adafactor as the paper sets it: constant lr, beta2 decay 0.8, no parameter scaling."""
-    return Adafactor(params, lr=config.lr, decay_rate=-config.beta2_decay, weight_decay=config.weight_decay,
+def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig, lr: float | None = None) -> Adafactor:
+    """Adafactor as the paper sets it: constant lr (`lr`, else config.lr), beta2 decay 0.8, no parameter scaling."""
+    return Adafactor(params, lr=config.lr if lr is None else lr, decay_rate=-config.beta2_decay, weight_decay=config.weight_decay,
                      scale_parameter=False, relative_step=False, warmup_init=False, beta1=None, clip_threshold=1.0)
 
 

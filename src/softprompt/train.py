@@ -23,7 +23,7 @@ from .device import autocast, enable_tf32, to_device
 from .evaluate import evaluate
 from .files import atomic_folder
 from .model import TUNED_BACKBONE_DIR, PromptedModel, build_model
-from .optim import WeightAverage, make_optimizer, trainable_parameters
+from .optim import WeightAverage, learning_rate, make_optimizer, trainable_parameters
 from .prompt_io import WEIGHTS_NAME, save_prompt
 from .run import RunDir, Stopper, random_states, restore_random_states, seed_everything
 from .tasks import load_task, require_examples, resolve_data_dir
@@ -68,13 +68,16 @@ class Loop:
         features = encode_all(self.model.adapter, self.name, self.model.bank[self.name], self.train_examples, f"{self.name} train")
         self.stream = BatchStream(features, config.batch_size, config.seed, config.group_by_length)
         params = trainable_parameters(self.model, config)
-        self.optimizer = make_optimizer(params, config)
+        self.lr = learning_rate(config, self.model.adapter)
+        self.optimizer = make_optimizer(params, config, self.lr)
         self.average = WeightAverage(params, config.ema_decay) if config.ema_decay is not None else None
         self.state = {"step": 0, "best_step": -1, "best_metrics": {}, "evaluated_at": -1}
 
     def start(self) -> int:
         """Write the run directory and restore its checkpoint, if any; returns the checkpoint's step (or -1)."""
         saved = self.run.start()
+        if saved is None:
+            self.run.log({"step": 0, "lr": self.lr, "recipe": self.config.recipe})
         if self.note:
             print(f"softprompt: {self.note}", file=sys.stderr)
             self.run.log({"step": 0, "note": self.note})

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-from conftest import tiny_adapter
 
+from conftest import tiny_adapter
 from softprompt.backbones import load_backbone
 from softprompt.config import PromptConfig, TrainConfig
 from softprompt.optim import T5_EMBEDDING_RMS, embedding_rms, learning_rate

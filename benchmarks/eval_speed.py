@@ -7,6 +7,10 @@ dev examples with the same prompted model. Generation gets the budget `evaluate(
 outputs and the agreement between the two methods' predictions are reported, so that "at
 the same accuracy" can be judged: with a random prompt on a random backbone it cannot be (train
 one first, e.g. `softprompt train --model DIR`, and pass `--model DIR --prompt RUN_DIR`).
+On a decoder-only backbone, both methods also run on the concatenated path (`DecoderOnly`: the
+prompt recomputed for every example) beside the default shared-prefix path (each distinct prompt
+once per batch), same weights and prompt: the rows `rank-concatenated` and `generate-concatenated`,
+the speed ratios and whether the outputs are identical are reported.
 Writes results/eval_speed-<device>.json.
 
     python benchmarks/eval_speed.py                                  # T5 v1.1-small-like, random prompt
@@ -26,10 +30,11 @@ import torch
 from backbones import PRESETS, build_backbone, data_dir
 from measurement import environment, synchronize, write_json
 
+from softprompt.backbones import DecoderOnly
 from softprompt.config import PromptConfig, TrainConfig
 from softprompt.data import encode_all, target_ids
 from softprompt.evaluate import generate_texts, rank_texts
-from softprompt.model import build_model
+from softprompt.model import PromptedModel, build_model
 from softprompt.run import seed_everything
 from softprompt.tasks import get_task
 
@@ -70,6 +75,11 @@ def measure(args: argparse.Namespace, backbone_dir: str, device: torch.device) -
         "rank": lambda f, c: rank_texts(model, f, c, args.batch_size),
         "generate": lambda f, c: generate_texts(model, f, args.batch_size, max_new),
     }
+    if model.adapter.kind == DecoderOnly.kind:  # the same weights and prompt bank, prompt recomputed per example
+        adapter = model.adapter
+        concatenated = PromptedModel(DecoderOnly(adapter.model, adapter.tokenizer, adapter.name), model.bank).eval()
+        methods["rank-concatenated"] = lambda f, c: rank_texts(concatenated, f, c, args.batch_size)
+        methods["generate-concatenated"] = lambda f, c: generate_texts(concatenated, f, args.batch_size, max_new)
     rows, outputs = {}, {}
     for name, run in methods.items():
         run(features[: args.batch_size], candidates[: args.batch_size])  # warm-up, untimed
@@ -84,8 +94,14 @@ def measure(args: argparse.Namespace, backbone_dir: str, device: torch.device) -
             **({"cuda_peak_allocated_mib": round(peak, 1)} if peak is not None else {}),
         }
     agreement = sum(a == b for a, b in zip(outputs["rank"], outputs["generate"])) / len(examples)
+    shared = {}
+    if "rank-concatenated" in rows:
+        shared = {f"{m}_shared_over_concatenated_speed": round(rows[m]["examples_per_s"] / rows[f"{m}-concatenated"]["examples_per_s"], 3)
+                  for m in ("rank", "generate")}
+        shared |= {f"{m}_outputs_identical": outputs[m] == outputs[f"{m}-concatenated"] for m in ("rank", "generate")}
     return {
         "rows": rows,
+        **shared,
         "rank_over_generate_speed": round(rows["rank"]["examples_per_s"] / rows["generate"]["examples_per_s"], 3),
         "agreement": round(agreement, 4),
         "examples": len(examples),

@@ -16,6 +16,6 @@ from .seq2seq import EncoderDecoder
 from .shared_prefix import SharedPrefixDecoderOnly
 
 __all__ = [
-    "ADAPTERS", "DEFAULT_BACKBONE", "PACKAGED_DIR", "PACKAGED_PREFIX", "Backbone", "BackboneSpec", "DecoderOnly",
+    "ADAPTERS", "DEFAULT_BACKBONE", "PACKAGED_DIR", "PACKAGED_PREFIX", "SMOLLM2", "T5_NANO_LM_ADAPTED", "T5_NANO_SPAN_CORRUPTION", "Backbone", "BackboneSpec", "DecoderOnly",
     "EncoderDecoder", "Prompts", "SharedPrefixDecoderOnly", "adapter_for", "embedding_fingerprint", "label_nll", "load_backbone", "resolve_backbone_name",
 ]

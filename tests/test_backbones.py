@@ -16,7 +16,7 @@ from softprompt.tasks.base import Example
 PACKAGED = ["packaged:default", "packaged:span-corruption"]
 
 
-@pytest.mark.parametrize("name", [None, *PACKAGED])
+@pytest.mark.parametrize("name", ["packaged:t5-nano-lm-adapted", *PACKAGED])
 def test_packaged_backbone_loads_and_runs(name):
     backbone = load_backbone(name)
     tokenizer = backbone.tokenizer

@@ -300,9 +300,9 @@ def test_old_packaged_names_stay_aliases_of_the_renamed_folders(alias):
     assert isinstance(backbone, EncoderDecoder) and backbone.name == f"packaged:{alias}"  # prompt files record it
 
 
-def test_the_default_is_still_the_t5_lm_adapted_backbone():
-    assert DEFAULT_BACKBONE == T5_NANO_LM_ADAPTED == "packaged:t5-nano-lm-adapted"
-    assert resolve_backbone_name(None) == str(PACKAGED_DIR / "t5-nano-lm-adapted")
+def test_the_default_is_smollm2_and_the_t5s_stay_packaged():
+    assert DEFAULT_BACKBONE == SMOLLM2 == "packaged:smollm2-135m"
+    assert resolve_backbone_name(T5_NANO_LM_ADAPTED) == str(PACKAGED_DIR / "t5-nano-lm-adapted")
 
 
 def test_a_missing_wheel_gives_the_pip_command():

@@ -114,7 +114,7 @@ class TrainConfig:
     """One prompt-tuning run: the paper's recipe (§3, Appendix A) unless overridden."""
 
     task: str = setting("sst2", "task name (sst2, mrpc, qqp, boolq, cb, copa, multirc, rte, wic, wsc, record, squad, mrqa-*) or 'custom'")
-    model: str | None = setting(None, "backbone: hub name, local folder or packaged:NAME (default: the packaged backbone)")
+    model: str | None = setting(None, "backbone: hub name, local folder, .gguf file or packaged:NAME (default: packaged:smollm2-135m)")
     output: str = setting("runs/prompt", "run directory", path=True)
     data_dir: str | None = setting(None, "GLUE/SuperGLUE file layout; default $SOFTPROMPT_DATA_DIR, else the Hugging Face hub", path=True)
     prompt: PromptConfig = setting(help="the prompt's shape and initialisation", factory=PromptConfig)

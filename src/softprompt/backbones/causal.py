@@ -88,7 +88,7 @@ class DecoderOnly(Backbone):
         spliced, positions = self._inputs(prompts, batch)
         prefix = self.model(inputs_embeds=spliced.embeds, attention_mask=spliced.mask, position_ids=positions, use_cache=True,
                             logits_to_keep=1)
-        cache = prefix.past_key_values
+        cache = prefix.cache
         cache.batch_select_indices(pair_example)
         mask = spliced.mask[pair_example]  # (c, w)
         tokens = candidate_ids.clamp(min=0)  # (c, m)

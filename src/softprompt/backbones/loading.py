@@ -29,7 +29,7 @@ from .shared_prefix import SharedPrefixDecoderOnly
 T5_NANO_LM_ADAPTED = PACKAGED_PREFIX + "t5-nano-lm-adapted"
 T5_NANO_SPAN_CORRUPTION = PACKAGED_PREFIX + "t5-nano-span-corruption"
 SMOLLM2 = PACKAGED_PREFIX + "smollm2-135m"
-DEFAULT_BACKBONE = T5_NANO_LM_ADAPTED
+DEFAULT_BACKBONE = SMOLLM2  # a real pretrained LM; the project's T5s stay packaged for the encoder-decoder path
 # The adapter of each kind; decoder-only prompts are computed once per batch (shared_prefix.py).
 ADAPTERS: dict[str, type[Backbone]] = {EncoderDecoder.kind: EncoderDecoder, DecoderOnly.kind: SharedPrefixDecoderOnly}
 AUTO_CLASSES = {EncoderDecoder.kind: AutoModelForSeq2SeqLM, DecoderOnly.kind: AutoModelForCausalLM}

@@ -42,7 +42,7 @@ class SharedPrefixDecoderOnly(DecoderOnly):
         mask = (torch.arange(width, device=self.device) >= (width - lengths).unsqueeze(1)).long()  # (k, L)
         positions = (mask.cumsum(1) - 1).clamp(min=0)  # (k, L): 0..p-1 on the real rows
         out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
+        cache = out.cache
         cache.batch_select_indices(prompts.index)  # each layer's keys/values: (k, h, L, d) -> (b, h, L, d)
         return cache, mask[prompts.index], lengths[prompts.index]
 
@@ -70,7 +70,7 @@ class SharedPrefixDecoderOnly(DecoderOnly):
         if self._nothing_to_share(prompts):
             return super().score(prompts, batch, pair_example, candidate_ids)
         out, mask, positions = self._run_tokens(prompts, batch["input_ids"], batch["attention_mask"], logits_to_keep=1)
-        cache = out.past_key_values
+        cache = out.cache
         cache.batch_select_indices(pair_example)  # (b, ...) -> (c, ...)
         tokens = candidate_ids.clamp(min=0)  # (c, m)
         cand_mask = (candidate_ids != -100).long()  # (c, m)
@@ -101,5 +101,5 @@ class SharedPrefixDecoderOnly(DecoderOnly):
             position = position + 1
             mask = torch.cat([mask, torch.ones(b, 1, dtype=mask.dtype, device=self.device)], 1)  # (b, w + 1)
             out = self.model(input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=position,
-                             cache=out.past_key_values, logits_to_keep=1)
+                             cache=out.cache, logits_to_keep=1)
         return torch.stack(new, 1) if new else pad([[]] * b, pad_id, left=False)

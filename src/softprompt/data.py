@@ -104,8 +104,6 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, e
 
 def sorted_batches(features: Sequence[Features], batch_size: int) -> Iterator[list[int]]:
     """Evaluation order: longest first, so padding is minimal; callers restore the order."""
-    if batch_size < 1:
-        raise SoftpromptError(f"batch size {batch_size} must be at least 1")
     order = sorted(range(len(features)), key=lambda i: -features[i].length)
     for start in range(0, len(order), batch_size):
         yield order[start : start + batch_size]

@@ -84,8 +84,8 @@ def load_prompted_model(prompts: list[str], model: str | None = None, allow_othe
 
     Each entry of `prompts` is a prompt directory or NAME=DIRECTORY.
     """
-    first = load_prompt(prompts[0].rpartition("=")[2])[1]
-    prompted = PromptedModel(load_backbone(BackboneSpec(model or first.backbone, dtype, device)))
+    backbone_name = model or load_prompt(prompts[0].rpartition("=")[2])[1].backbone  # read only when no model is given
+    prompted = PromptedModel(load_backbone(BackboneSpec(backbone_name, dtype, device)))
     for spec in prompts:
         name, _, directory = spec.rpartition("=")
         prompted.load_prompt(directory, name or None, allow_other_backbone)

@@ -158,3 +158,13 @@ def test_bank_adds_and_removes_prompts_at_run_time(model):
     for bad in ("../etc", "a/b", "", "x" * 200):
         with pytest.raises(SoftpromptError, match="prompt name"):
             model.add_prompt(bad, torch.zeros(1, width), PromptMetadata(1, width, "random-uniform"))
+
+
+def test_prompt_names_that_a_parameter_dict_uses_itself(prompted):
+    """'copy', 'keys', 'training' ... are attributes of nn.ParameterDict; they still name prompts."""
+    width = prompted.adapter.width
+    for k, name in enumerate(("copy", "keys", "training", "cpu", "a.b")):
+        prompted.add_prompt(name, torch.full((2, width), float(k)), PromptMetadata(2, width, "random-uniform"))
+    assert [float(prompted.bank[n].weight[0, 0]) for n in ("copy", "keys", "training", "cpu", "a.b")] == [0, 1, 2, 3, 4]
+    prompted.bank.remove("copy")
+    assert "copy" not in prompted.bank and "keys" in prompted.bank

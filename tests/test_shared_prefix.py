@@ -87,3 +87,55 @@ def test_each_example_alone_equals_the_mixed_batch(models):
     for i, f in enumerate(feats):
         alone, _ = shared.nll(collate(shared.adapter, [Features(f.input_ids, f.target_ids, f.prompt)]))
         torch.testing.assert_close(nll[i], alone[0], rtol=1e-4, atol=1e-4)
+
+
+def rank_scores_of(model):
+    batch, _ = batch_of(model, with_labels=False)
+    cand_ids = torch.tensor([model.adapter.target_ids(c, 16) for c in ("negative", "positive", "positive", "negative")])
+    return model.score(batch, torch.arange(4), cand_ids)
+
+
+def test_prefix_cache_serves_the_same_scores_and_generation(models):
+    shared, concatenated = models
+    cache = shared.adapter.enable_prefix_cache(1 << 30)
+    expected = rank_scores_of(concatenated)
+    torch.testing.assert_close(rank_scores_of(shared), expected, rtol=1e-5, atol=1e-5)
+    assert (cache.misses, cache.hits, len(cache)) == (3, 0, 3)  # three distinct prompts, computed alone once each
+    torch.testing.assert_close(rank_scores_of(shared), expected, rtol=1e-5, atol=1e-5)
+    assert (cache.misses, cache.hits) == (3, 3)
+    outputs = [m.generate(batch_of(m, with_labels=False)[0], max_new_tokens=6).tolist() for m in (shared, concatenated)]
+    assert outputs[0] == outputs[1]
+
+
+def test_prefix_cache_recomputes_a_changed_or_replaced_prompt(models):
+    shared, concatenated = models
+    cache = shared.adapter.enable_prefix_cache(1 << 30)
+    rank_scores_of(shared)
+    with torch.no_grad():  # an optimizer step changes the weight in place
+        for model in (shared, concatenated):
+            model.bank["long"].weight.mul_(0.5)
+    torch.testing.assert_close(rank_scores_of(shared), rank_scores_of(concatenated), rtol=1e-5, atol=1e-5)
+    replacement = torch.randn(3, shared.adapter.width)
+    for model in (shared, concatenated):  # a prompt replaced under the same name
+        model.add_prompt("mid", replacement, PromptMetadata(3, replacement.shape[1], "random-uniform"))
+    torch.testing.assert_close(rank_scores_of(shared), rank_scores_of(concatenated), rtol=1e-5, atol=1e-5)
+    assert cache.misses == 3 + 2
+
+
+def test_prefix_cache_stays_within_its_budget_and_training_bypasses_it(models):
+    shared, concatenated = models
+    probe = shared.adapter.enable_prefix_cache(1 << 30)
+    rank_scores_of(shared)
+    largest = max(entry.nbytes for entry in probe._entries.values())
+    cache = shared.adapter.enable_prefix_cache(largest)  # room for the longest prompt, not for all three
+    torch.testing.assert_close(rank_scores_of(shared), rank_scores_of(concatenated), rtol=1e-5, atol=1e-5)
+    assert len(cache) < 3 and cache.nbytes <= largest and cache.evictions >= 1
+    batch, _ = batch_of(shared)
+    misses = cache.misses
+    shared.nll(batch)[0].sum().backward()  # with gradients the states are computed afresh, never cached
+    assert cache.misses == misses and shared.bank["long"].weight.grad is not None
+
+
+def test_encoder_decoder_keeps_no_prefix_cache():
+    from conftest import tiny_adapter
+    assert tiny_adapter("t5").enable_prefix_cache(1 << 20) is None

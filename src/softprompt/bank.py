@@ -28,8 +28,13 @@ def check_name(name: str) -> str:
     return name
 
 
+_TAKEN = frozenset(dir(nn.ParameterDict()))  # names a ParameterDict already uses ("copy", "keys", "training" ...)
+
+
 def _key(name: str) -> str:
-    return name.replace(".", "%2E")  # module attribute names cannot hold dots
+    """The ParameterDict key of a prompt: module attribute names cannot hold dots, nor be the dict's own."""
+    key = name.replace(".", "%2E")
+    return "%" + key if key in _TAKEN else key  # '%' never starts a prompt name, so keys stay distinct
 
 
 @dataclass

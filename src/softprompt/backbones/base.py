@@ -124,6 +124,7 @@ class Backbone(ABC):
 
     kind: ClassVar[str]
     padding_side: ClassVar[str]
+    prefix_cache = None  # prompt states kept between batches, where the kind can (enable_prefix_cache)
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str = ""):
         self.model = model
@@ -225,6 +226,14 @@ class Backbone(ABC):
     @abstractmethod
     def generate(self, prompts: Prompts, batch: dict[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
         """Greedy continuation ids (b, <= max_new_tokens), pad after the end."""
+
+    def enable_prefix_cache(self, budget_bytes: int):
+        """Keep prompt states between batches, where this kind can (decoder-only); returns the cache or None.
+
+        An encoder-decoder's encoder is bidirectional, so its prompt states depend on the input and
+        there is nothing to keep.
+        """
+        return None
 
     def decode(self, ids: torch.Tensor) -> list[str]:
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True)

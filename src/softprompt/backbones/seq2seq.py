@@ -66,4 +66,5 @@ class EncoderDecoder(Backbone):
 
     def generate(self, prompts: Prompts, batch: dict[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
         embeds, mask = self._encoder_inputs(prompts, batch)
-        return self._generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens)
+        ids = self._generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens)
+        return ids[:, 1:]  # (b, <= max_new_tokens): without the decoder's start token

@@ -15,9 +15,12 @@ dropout off (evaluation, or a backbone without it) the two paths compute the sam
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
 
 from .base import Prompts, label_nll, pad
 from .causal import DecoderOnly
+from .prefix_cache import Layers, PrefixCache
 
 
 class SharedPrefixDecoderOnly(DecoderOnly):
@@ -30,21 +33,56 @@ class SharedPrefixDecoderOnly(DecoderOnly):
     def _nothing_to_share(self, prompts: Prompts) -> bool:
         return self.bos_id is None and all(w.shape[0] == 0 for w in prompts.weights)
 
+    prefix_cache: PrefixCache | None = None  # set by enable_prefix_cache: prompt states kept between batches
+
+    def enable_prefix_cache(self, budget_bytes: int) -> PrefixCache:
+        self.prefix_cache = PrefixCache(budget_bytes)
+        return self.prefix_cache
+
     def _prompt_cache(self, prompts: Prompts):
-        """Run the distinct prompts once; returns (cache expanded to the batch, prefix mask (b, L), prompt lengths (b,))."""
+        """Run the distinct prompts once; returns (cache expanded to the batch, prefix mask (b, L), prompt lengths (b,)).
+
+        Without gradients and with a prefix cache, each prompt's states come from the cache
+        (computed alone on a miss) instead of being recomputed for every batch.
+        """
         prefixed = self._prefixed(prompts)
         lengths = prefixed.lengths()  # (k,) rows per prompt, BOS included
         width = int(lengths.max())
-        k, e = len(prefixed.weights), self.width
-        embeds = torch.zeros(k, width, e, dtype=self.dtype, device=self.device)  # (k, L, e) left-padded
-        for row, weight in enumerate(prefixed.weights):
-            embeds[row, width - weight.shape[0]:] = weight.to(self.dtype)
-        mask = (torch.arange(width, device=self.device) >= (width - lengths).unsqueeze(1)).long()  # (k, L)
-        positions = (mask.cumsum(1) - 1).clamp(min=0)  # (k, L): 0..p-1 on the real rows
-        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-        cache = out.cache
+        mask = (torch.arange(width, device=self.device) >= (width - lengths).unsqueeze(1)).long()  # (k, L) left-padded
+        if self.prefix_cache is not None and not torch.is_grad_enabled():
+            cache = self._cached_states(prompts.weights, prefixed.weights, width)
+        else:
+            embeds = torch.zeros(len(prefixed.weights), width, self.width, dtype=self.dtype, device=self.device)  # (k, L, e)
+            for row, weight in enumerate(prefixed.weights):
+                embeds[row, width - weight.shape[0]:] = weight.to(self.dtype)
+            positions = (mask.cumsum(1) - 1).clamp(min=0)  # (k, L): 0..p-1 on the real rows
+            cache = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
+                               logits_to_keep=1).cache
         cache.batch_select_indices(prompts.index)  # each layer's keys/values: (k, h, L, d) -> (b, h, L, d)
         return cache, mask[prompts.index], lengths[prompts.index]
+
+    def _cached_states(self, weights: list[torch.Tensor], prefixed: list[torch.Tensor], width: int) -> DynamicCache:
+        """Each prompt's states from the cache, left-padded to `width` and stacked: (k, h, L, d) per layer."""
+        per_prompt: list[Layers] = []
+        for weight, rows in zip(weights, prefixed):
+            layers = self.prefix_cache.get(weight)
+            if layers is None:
+                layers = self._states_alone(rows)
+                self.prefix_cache.put(weight, layers)
+            per_prompt.append(layers)
+        stacked = []
+        for layer in zip(*per_prompt):  # one layer's (keys, values) of every prompt, each (1, h, p_k, d)
+            keys = torch.cat([F.pad(k, (0, 0, width - k.shape[2], 0)) for k, _ in layer])  # (k, h, L, d)
+            values = torch.cat([F.pad(v, (0, 0, width - v.shape[2], 0)) for _, v in layer])  # (k, h, L, d)
+            stacked.append((keys, values))
+        return DynamicCache(stacked, config=self.model.config)
+
+    def _states_alone(self, rows: torch.Tensor) -> Layers:
+        """One prompt's per-layer keys/values, [BOS; P] (p, e) run alone at positions 0..p-1."""
+        embeds = rows.to(self.dtype).unsqueeze(0)  # (1, p, e)
+        positions = torch.arange(rows.shape[0], device=self.device).unsqueeze(0)  # (1, p)
+        cache = self.model(inputs_embeds=embeds, position_ids=positions, use_cache=True, logits_to_keep=1).cache
+        return [(layer.keys, layer.values) for layer in cache.layers]
 
     def _run_tokens(self, prompts: Prompts, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int = 0):
         """The tokens of each example after its prompt's shared states; returns (model output, full mask (b, L + n))."""

@@ -8,7 +8,7 @@ from importlib.util import resolve_name
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "softprompt"
-ENTRY_POINTS = {"train", "cli", "studies", "serve", "__main__"}
+ENTRY_POINTS = {"train", "cli", "studies", "server", "__main__"}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from .config import EvalConfig, PredictConfig, TrainConfig
 from .configargs import add_config_arguments, config_from_args, given, merged
 from .errors import SoftpromptError
+from .server.config import ServeConfig
 from .tasks.custom import CustomTaskSpec
 
 CUSTOM = "custom."  # where the custom-task flags land in the parsed arguments
@@ -79,6 +80,12 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     for row in predict_inputs(config_from_args(PredictConfig, args)):
         print(json.dumps(row))
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from .server import ServeConfig, serve
+
+    serve(config_from_args(ServeConfig, args))
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -212,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = command("predict", cmd_predict, "Run prompts on inputs; each input may name its prompt, so tasks mix in one batch.")
     add_config_arguments(pr, PredictConfig, required=("prompt",))
+
+    sv = command("serve", cmd_serve, "Serve every prompt of a directory over HTTP on one frozen backbone, requests mixed in each batch.")
+    add_config_arguments(sv, ServeConfig, required=("prompts",))
 
     x = command("export", cmd_export, "Write a prompt in another library's format.")
     x.add_argument("--prompt", required=True, help="prompt directory")

@@ -26,17 +26,30 @@ def check_batch_size(batch_size: int) -> None:
 
 
 @torch.no_grad()
+def generate_ids(model: PromptedModel, features: Sequence[Features], batch_size: int, max_new_tokens: int,
+                 progress: bool = False) -> list[list[int]]:
+    """Greedy continuation ids, in the order of `features`, each cut after its end-of-sequence token."""
+    check_batch_size(batch_size)
+    eos = model.adapter.tokenizer.eos_token_id
+    outputs: list[list[int]] = [[] for _ in features]
+    for idx in tqdm(list(sorted_batches(features, batch_size)), desc="generate", disable=not progress, leave=False):
+        batch = to_device(collate(model.adapter, [features[i] for i in idx], with_labels=False), model.device)
+        for i, row in zip(idx, model.generate(batch, max_new_tokens).tolist()):
+            outputs[i] = row[: row.index(eos) + 1] if eos in row else row
+    return outputs
+
+
+def generated_text(model: PromptedModel, feature: Features, ids: list[int]) -> str:
+    """What generation outputs for one example: its ids decoded, the prompt's target format undone."""
+    text = model.adapter.decode(torch.tensor([ids], dtype=torch.long))[0]
+    return unformat_target(text, model.bank[feature.prompt].metadata.target_format)
+
+
 def generate_texts(model: PromptedModel, features: Sequence[Features], batch_size: int, max_new_tokens: int,
                    progress: bool = False) -> list[str]:
     """Greedy outputs, in the order of `features`, with each prompt's target format undone."""
-    check_batch_size(batch_size)
-    texts: list[str] = [""] * len(features)
-    for idx in tqdm(list(sorted_batches(features, batch_size)), desc="generate", disable=not progress, leave=False):
-        batch = to_device(collate(model.adapter, [features[i] for i in idx], with_labels=False), model.device)
-        decoded = model.adapter.decode(model.generate(batch, max_new_tokens))
-        for i, text in zip(idx, decoded):
-            texts[i] = unformat_target(text, model.bank[features[i].prompt].metadata.target_format)
-    return texts
+    ids = generate_ids(model, features, batch_size, max_new_tokens, progress)
+    return [generated_text(model, f, row) for f, row in zip(features, ids)]
 
 
 @torch.no_grad()
@@ -68,7 +81,11 @@ def rank_texts(model: PromptedModel, features: Sequence[Features], candidates: S
                progress: bool = False) -> list[str]:
     """The highest-likelihood candidate of each example, in the order of `features`."""
     scores = rank_scores(model, features, candidates, batch_size, progress)
-    return [options[row.index(max(row))] for options, row in zip(candidates, scores)]  # ties: the first
+    return [best_candidate(options, row) for options, row in zip(candidates, scores)]
+
+
+def best_candidate(options: Sequence[str], scores: Sequence[float]) -> str:
+    return options[list(scores).index(max(scores))]  # ties: the first
 
 
 def evaluate(model: PromptedModel, task: Task, examples: Sequence[Example], prompt: str, method: str = "rank",

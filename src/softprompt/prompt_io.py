@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save_file
 
 from . import __version__
 from .config import check_fields
@@ -111,17 +111,32 @@ def load_prompt(directory: str | os.PathLike) -> tuple[torch.Tensor, PromptMetad
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as err:
         raise SoftpromptError(f"{weights_path}: truncated or corrupt prompt file ({err})") from None
+    return checked_weight(tensors, metadata, str(weights_path), meta_path.name), metadata
+
+
+def prompt_from_bytes(weights: bytes, raw_metadata: Any, source: str) -> tuple[torch.Tensor, PromptMetadata]:
+    """A prompt sent as data (an upload): the bytes of `prompt.safetensors` and the object of `prompt.json`.
+
+    The same checks as `load_prompt`; raises SoftpromptError naming `source`.
+    """
+    metadata = PromptMetadata.from_dict(raw_metadata, f"{source} metadata")
+    try:
+        tensors = load(weights)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise SoftpromptError(f"{source} weights: truncated or corrupt prompt file ({err})") from None
+    return checked_weight(tensors, metadata, f"{source} weights", f"{source} metadata"), metadata
+
+
+def checked_weight(tensors: dict[str, torch.Tensor], metadata: PromptMetadata, source: str, meta_source: str) -> torch.Tensor:
+    """The one prompt tensor of a file, refused unless its shape matches the metadata and its values are finite."""
     if set(tensors) != {TENSOR_KEY}:
-        raise SoftpromptError(f"{weights_path}: expected one tensor named {TENSOR_KEY!r}, found {sorted(tensors)}")
+        raise SoftpromptError(f"{source}: expected one tensor named {TENSOR_KEY!r}, found {sorted(tensors)}")
     weight = tensors[TENSOR_KEY]
     if tuple(weight.shape) != (metadata.length, metadata.width):
-        raise SoftpromptError(
-            f"{weights_path}: shape {tuple(weight.shape)} does not match "
-            f"{meta_path.name} ({metadata.length}, {metadata.width})"
-        )
+        raise SoftpromptError(f"{source}: shape {tuple(weight.shape)} does not match {meta_source} ({metadata.length}, {metadata.width})")
     if not torch.isfinite(weight).all():
-        raise SoftpromptError(f"{weights_path}: prompt holds NaN or infinite values")
-    return weight, metadata
+        raise SoftpromptError(f"{source}: prompt holds NaN or infinite values")
+    return weight
 
 
 def check_compatible(metadata: PromptMetadata, source: str, backbone: Backbone, allow_other_backbone: bool = False) -> None:

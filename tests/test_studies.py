@@ -9,12 +9,18 @@ import pytest
 import torch
 
 from conftest import tiny_backbone
+from softprompt.backbones import load_backbone
 from softprompt.cli import main
 from softprompt.errors import SoftpromptError
+from softprompt.evaluate import evaluate
+from softprompt.model import PromptedModel
 from softprompt.studies import STUDIES, StudyConfig
+from softprompt.studies.ensemble import vote
 from softprompt.studies.folder import StudyFolder
+from softprompt.studies.neighbors import neighbours
 from softprompt.studies.summary import Row
 from softprompt.studies.verdicts import NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED
+from softprompt.tasks import get_task
 
 torch.set_num_threads(1)
 TINY = ["--max-steps", "2", "--eval-examples", "8", "--seeds", "2", "--quiet"]
@@ -185,3 +191,116 @@ def test_report_on_an_empty_root_is_one_line(capsys, tmp_path):
 def test_study_config_refuses_bad_numbers():
     with pytest.raises(SoftpromptError, match="seeds"):
         StudyConfig(name="length", seeds=0)
+
+
+def test_ensemble_scores_every_prompt_in_one_mixed_batch(capsys, tmp_path, t5_dir, data_dir):
+    code, out, err = study(capsys, "ensemble", tmp_path, "--model", t5_dir, "--task", "cb")
+    assert code == 0, err
+    rows = results(tmp_path, "ensemble")
+    assert [r["setting"] for r in rows] == ["single", "single", "ensemble"]
+    together = rows[-1]
+    assert together["prompts_per_batch"] == 2 and len(together["singles"]) == 2
+    # Each prompt scored alone, as `softprompt eval` does, gives the score it got inside the mixed batches.
+    task = get_task("cb")
+    examples = task.load("validation", data_dir)[:8]
+    for k, member in enumerate(rows[:2]):
+        model = PromptedModel(load_backbone(str(t5_dir))).eval()
+        model.load_prompt(member["config"]["output"], "alone")
+        alone = evaluate(model, task, examples, "alone", "rank")
+        assert alone[together["metric"]] == pytest.approx(together["singles"][k])
+    table = (tmp_path / "ensemble" / "table.md").read_text()
+    assert "| single prompt |" in table and "| best single |" in table and "| majority vote |" in table
+
+
+def test_vote_takes_the_majority_and_breaks_ties_by_likelihood():
+    labels = ("a", "b", "c")
+    assert vote(["a", "b", "b"], [[0, -1, -2]] * 3, labels) == "b"
+    tie = [[-1.0, -3.0, -9.0], [-2.0, -0.5, -9.0]]  # summed: a -3.0, b -3.5
+    assert vote(["a", "b"], tie, labels) == "a" and vote(["b", "a"], tie, labels) == "a"
+    assert vote(["a", "b"], [[-1.0, -3.0, -9.0], [-4.0, -0.5, -9.0]], labels) == "b"  # summed: a -5.0, b -3.5
+
+
+def test_neighbours_of_token_embeddings_are_those_tokens(t5_dir):
+    backbone = load_backbone(str(t5_dir))
+    ids = backbone.word_ids("positive negative film")
+    weight = backbone.embeddings.detach()[ids].clone()  # (p, e): exactly vocabulary rows
+    found = neighbours(weight, backbone, ["negative"])
+    tokens = backbone.tokenizer.convert_ids_to_tokens(ids)
+    assert [row[0] for row in found["tokens"]] == tokens
+    assert found["neighbour_cosine"] < 1 and found["label_rate"] >= 1 / len(ids)
+    assert neighbours(weight[[0, 0]], backbone, [])["shared_rate"] == 1.0  # two equal rows share all neighbours
+
+
+def test_neighbors_study_against_norm_matched_random_vectors(capsys, tmp_path, t5_dir):
+    code, _, err = study(capsys, "neighbors", tmp_path, "--model", t5_dir, "--task", "cb")
+    assert code == 0, err
+    rows = results(tmp_path, "neighbors")
+    assert [r["setting"] for r in rows] == ["prompt", "random (norm-matched)"] * 2
+    prompt, random = rows[0], rows[1]
+    assert prompt["neighbour_cosine"] > random["neighbour_cosine"]  # two steps from vocabulary rows; random directions farther
+    saved = json.loads((tmp_path / "neighbors" / "runs" / prompt["key"] / "neighbors.json").read_text())
+    assert len(saved["tokens"]) == 100 and all(len(t) == 5 for t in saved["tokens"]) and saved["labels"][0] == "entailment"
+    table = (tmp_path / "neighbors" / "table.md").read_text()
+    assert "Top-5 neighbours" in table and "positions with a label (%)" in table
+
+
+def test_neighbors_of_a_saved_prompt_on_a_decoder_only_backbone(capsys, tmp_path, gpt2_dir):
+    run = tmp_path / "run"
+    code = main(["train", "--model", str(gpt2_dir), "--task", "cb", "--prompt-length", "6", "--max-steps", "1",
+                 "--eval-examples", "4", "--output", str(run), "--quiet"])
+    assert code == 0, capsys.readouterr()[1]
+    code, _, err = study(capsys, "neighbors", tmp_path / "root", "--prompt", run)
+    assert code == 0, err
+    rows = results(tmp_path / "root", "neighbors")
+    assert [r["model"] for r in rows] == [str(gpt2_dir)] * 2 and rows[0]["setting"] == "saved run"
+    assert len(rows[0]["tokens"]) == 6 and "steps" not in rows[0]  # analysed, not trained
+    assert "not testable at this scale" in (tmp_path / "root" / "neighbors" / "table.md").read_text()  # one prompt: no spread
+
+
+def test_transfer_rte_to_cb_prompt_and_model_tuning(capsys, tmp_path, t5_dir):
+    code, _, err = study(capsys, "transfer", tmp_path, "--model", t5_dir)
+    assert code == 0, err
+    rows = results(tmp_path, "transfer")
+    assert [r["setting"] for r in rows] == ["prompt tuning", "model tuning"] * 2
+    for r in rows:
+        assert r["source_task"] == "rte" and r["target_task"] == "cb" and r["metric"] == "accuracy"
+        assert set(r["target_metrics"]) == {"accuracy", "f1_macro"} and r["source_metric"] == "accuracy"
+    assert rows[1]["config"]["tune"] == "model" and rows[1]["config"]["prompt"]["length"] == 0
+    assert (Path(rows[1]["config"]["output"]) / "backbone" / "config.json").is_file()
+    assert json.loads((tmp_path / "transfer" / "study.json").read_text())["label_map"]["neutral"] == "not_entailment"
+
+
+@pytest.mark.parametrize("label_map, needle", [("entailment=entailment,contradiction=not_entailment,maybe=not_entailment", "'maybe'"),
+                                               ("entailment=entailment,contradiction=nope,neutral=nope", "'nope'"),
+                                               ("entailment=entailment", "leaves out")])
+def test_transfer_refuses_a_label_map_the_tasks_lack(capsys, tmp_path, t5_dir, label_map, needle):
+    code, _, err = study(capsys, "transfer", tmp_path, "--model", t5_dir, "--label-map", label_map)
+    one_error_line(code, err, needle)
+    assert not any(tmp_path.iterdir())
+
+
+def test_objective_compares_the_two_checkpoints_and_sentinel_targets(capsys, tmp_path, t5_dir, tmp_path_factory):
+    lm = saved("t5", tmp_path_factory, seed=1)
+    code, _, err = study(capsys, "objective", tmp_path, "--model", t5_dir, "--model", lm, "--task", "cb")
+    assert code == 0, err
+    rows = results(tmp_path, "objective")
+    assert [r["setting"] for r in rows] == ["span corruption", "span corruption + sentinel", "LM adaptation"] * 2
+    assert [r["model"] for r in rows[:3]] == [str(t5_dir), str(t5_dir), str(lm)]
+    assert [r["config"]["target_format"] for r in rows[:3]] == ["plain", "sentinel", "plain"]
+    assert all(r["invalid"] is not None and r["metric"] == "rank_f1_macro" for r in rows)
+    table = (tmp_path / "objective" / "table.md").read_text()
+    assert "illegal outputs" in table and table.count("| span corruption") == 2
+
+
+def test_objective_refuses_decoder_only_backbones(capsys, tmp_path, gpt2_dir, t5_dir):
+    code, _, err = study(capsys, "objective", tmp_path, "--model", t5_dir, "--model", gpt2_dir, "--task", "cb")
+    one_error_line(code, err, "decoder-only", str(gpt2_dir))
+    code, _, err = study(capsys, "objective", tmp_path, "--model", t5_dir, "--task", "cb")
+    one_error_line(code, err, "two --model")
+    assert not any(tmp_path.iterdir())
+
+
+def test_ensemble_refuses_a_task_without_labels(capsys, tmp_path, t5_dir):
+    code, _, err = study(capsys, "ensemble", tmp_path, "--model", t5_dir, "--task", "squad")
+    one_error_line(code, err, "squad")
+    assert not any(tmp_path.iterdir())

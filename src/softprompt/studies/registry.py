@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from ..errors import SoftpromptError
 from .base import Study
+from .ensemble import EnsembleStudy
 from .init import InitStudy
 from .length import LengthStudy
+from .neighbors import NeighborsStudy
+from .objective import ObjectiveStudy
+from .transfer import TransferStudy
 
-STUDIES: dict[str, Study] = {study.name: study for study in (LengthStudy(), InitStudy())}
+STUDIES: dict[str, Study] = {study.name: study for study in (LengthStudy(), InitStudy(), EnsembleStudy(), NeighborsStudy(), TransferStudy(), ObjectiveStudy())}
 # Named by the paper (and issue 17) but not built yet: refused with a message that says so.
 UNBUILT = ("scale", "methods")
 

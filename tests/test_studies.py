@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import T5Config, T5ForConditionalGeneration, T5TokenizerFast
 
 from conftest import tiny_backbone
 from softprompt.backbones import load_backbone
@@ -304,3 +305,48 @@ def test_ensemble_refuses_a_task_without_labels(capsys, tmp_path, t5_dir):
     code, _, err = study(capsys, "ensemble", tmp_path, "--model", t5_dir, "--task", "squad")
     one_error_line(code, err, "squad")
     assert not any(tmp_path.iterdir())
+
+
+def wider_t5(small: Path, factory) -> Path:
+    """The tiny T5 at 1.5x the width: a second size of the same family."""
+    config = T5Config.from_pretrained(small)
+    config.d_model, config.d_ff = 48, 96
+    torch.manual_seed(1)
+    path = factory.mktemp("tiny-t5-wide")
+    T5ForConditionalGeneration(config).save_pretrained(path)
+    T5TokenizerFast.from_pretrained(small).save_pretrained(path)
+    return path
+
+
+def test_scale_prompt_tuning_model_tuning_and_prompt_design_across_sizes(capsys, tmp_path, t5_dir, tmp_path_factory):
+    wide = wider_t5(t5_dir, tmp_path_factory)
+    code, _, err = study(capsys, "scale", tmp_path, "--model", t5_dir, "--model", wide, "--task", "cb", "--seeds", "1")
+    assert code == 0, err
+    rows = results(tmp_path, "scale")
+    settings = ["prompt tuning", "model tuning", "prompt design (zero-shot)", "prompt design (4-shot)"]
+    assert [r["setting"] for r in rows] == settings * 2 and [r["model"] for r in rows] == [str(t5_dir)] * 4 + [str(wide)] * 4
+    assert rows[0]["parameters"] < rows[4]["parameters"]
+    zero, few = rows[2], rows[3]
+    assert zero["steps"] == few["steps"] == 0 and zero["config"]["prompt"]["init"] == "text"
+    assert zero["config"]["prompt"]["init_text"] == "Answer with one of: entailment, contradiction, neutral."
+    assert few["config"]["prompt"]["init_text"].count(" answer: ") == 4
+    backbone = load_backbone(str(t5_dir))
+    assert few["config"]["prompt"]["length"] == len(backbone.word_ids(few["config"]["prompt"]["init_text"]))
+    table = (tmp_path / "scale" / "table.md").read_text()
+    assert table.count("**not testable at this scale**") == 1  # one verdict for the family (one seed: no spread)
+
+
+def test_scale_verdict_wants_the_gap_to_shrink():
+    scale = STUDIES["scale"]
+
+    def size(model, params, prompt, tuned, design):
+        return [Row(model, s, "accuracy", (m - 0.005, m + 0.005), chance=0.5, parameters=params)
+                for s, m in (("prompt tuning", prompt), ("model tuning", tuned), ("prompt design (zero-shot)", design),
+                             ("prompt design (4-shot)", design))]
+
+    def label(rows):
+        return scale.family_verdict(rows).label
+
+    assert label(size("big", 10**9, 0.88, 0.90, 0.6) + size("small", 10**6, 0.6, 0.8, 0.55)) == REPRODUCED
+    assert label(size("big", 10**9, 0.70, 0.90, 0.6) + size("small", 10**6, 0.6, 0.8, 0.55)) == NOT_REPRODUCED
+    assert label(size("small", 10**6, 0.6, 0.8, 0.55)) == NOT_TESTABLE

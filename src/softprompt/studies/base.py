@@ -20,7 +20,7 @@ from ..tasks import Example, Task, load_task, require_examples, resolve_data_dir
 from ..train import train
 from .config import QUICK_BUDGET, Budget, StudyConfig, resolve_budget
 from .folder import StudyFolder
-from .summary import Row, markdown_table, summarise
+from .summary import Row, markdown_table, models_of, summarise
 from .verdicts import Finding, Verdict
 
 
@@ -144,6 +144,11 @@ class Study:
 
     def verdict(self, rows: list[Row], model: str) -> Verdict:
         raise NotImplementedError
+
+    def verdicts(self, records: list[dict[str, Any]]) -> list[tuple[str, Verdict]]:
+        """(backbone, verdict) for each backbone of the finished points; a study judged across sizes gives one."""
+        rows = self.rows(records)
+        return [(model, self.verdict(rows, model)) for model in models_of(rows)]
 
 
 def training_record(ctx: Context, point: Point) -> dict[str, Any]:

@@ -55,8 +55,9 @@ class NeighborsStudy(Study):
                 model = ctx.config.model[0] if ctx.config.model else load_prompt(directory)[1].backbone
                 name = f"saved{k}-{Path(directory).resolve().name}"
                 extra = {"prompt_dir": str(Path(directory).resolve())}
-                points += [Point(f"{name}/{TRAINED}", f"saved {Path(directory).name}", model, 0, extra=extra),
-                           Point(f"{name}/random", RANDOM, model, 0, extra=extra)]
+                setting = f"saved {Path(directory).name}"
+                points += [Point(f"{name}/{TRAINED}", setting, model, 0, extra=extra),
+                           Point(f"{name}/random", random_setting(setting), model, 0, extra=extra)]
             return points
         for seed in range(ctx.budget.seeds):
             for model in ctx.models:
@@ -69,7 +70,7 @@ class NeighborsStudy(Study):
         record = training_record(ctx, point) if point.config is not None else {}
         directory = Path(point.extra.get("prompt_dir") or ctx.folder.run_dir(point.key))
         weight, metadata = load_prompt(directory)
-        if point.setting == RANDOM:
+        if point.setting.startswith(RANDOM):
             generator = torch.Generator().manual_seed(10_000 + point.seed)
             weight = F.normalize(torch.randn(weight.shape, generator=generator), dim=1) * weight.norm(dim=1, keepdim=True)  # (p, e)
         backbone = ctx.backbone(point.model)
@@ -99,17 +100,29 @@ class NeighborsStudy(Study):
                 lines.append(f"- `{r['model']}`, {r['setting']}: " + "; ".join(f"{i}: {' '.join(t)}" for i, t in enumerate(r["tokens"])))
         return "\n".join(lines)
 
-    def verdict(self, rows: list[Row], model: str) -> Verdict:
-        """Reproduced when prompts sit closer to their neighbours than random vectors do (beyond the spread) and meet labels more often."""
-        settings = {r.setting: r for r in rows if r.model == model}
-        prompt = next((r for name, r in settings.items() if name != RANDOM), None)
-        random = settings.get(RANDOM)
-        blocked = untestable([r for r in (prompt, random) if r is not None] if prompt and random else [])
-        if blocked:
-            return blocked
-        closer = exceeds(prompt.mean, prompt.std, random.mean, random.std)
-        return Verdict(REPRODUCED if closer else NOT_REPRODUCED,
-                       f"neighbour cosine {prompt.mean:.3f} ± {prompt.std:.3f} (prompt) vs {random.mean:.3f} ± {random.std:.3f} (random)")
+    def verdicts(self, records: list[dict[str, Any]]) -> list[tuple[str, Verdict]]:
+        """Per backbone and prompt source: closer to the vocabulary than random vectors (beyond the spread) and meeting labels more often."""
+        cosine, labels = self.rows(records), summarise(records, "label_rate")
+        out = []
+        for row in (r for r in cosine if not r.setting.startswith(RANDOM)):
+            random = next((r for r in cosine if r.model == row.model and r.setting == random_setting(row.setting)), None)
+            label_of = {(r.model, r.setting): r.mean for r in labels}
+            blocked = untestable([row, random] if random is not None else [])
+            if blocked:
+                out.append((row.model, blocked))
+                continue
+            closer = exceeds(row.mean, row.std, random.mean, random.std)
+            more_labels = label_of[row.model, row.setting] > label_of[random.model, random.setting]
+            reason = (f"neighbour cosine {row.mean:.3f} ± {row.std:.3f} ({row.setting}) vs {random.mean:.3f} ± {random.std:.3f} "
+                      f"(random); label among neighbours at {100 * label_of[row.model, row.setting]:.0f}% vs "
+                      f"{100 * label_of[random.model, random.setting]:.0f}% of positions")
+            out.append((row.model, Verdict(REPRODUCED if closer and more_labels else NOT_REPRODUCED, reason)))
+        return out
+
+
+def random_setting(setting: str) -> str:
+    """The name of the random counterpart of prompt setting `setting` (one per saved prompt)."""
+    return RANDOM if setting == TRAINED else f"{RANDOM}, {setting}"
 
 
 def cell(row: Row, scale: float) -> str:

@@ -15,7 +15,6 @@ from ..files import write_text_atomic
 from .folder import PLOT_FILE, TABLE_FILE, study_folders
 from .registry import STUDIES
 from .runner import study_markdown
-from .summary import models_of
 from .verdicts import FINDINGS, RULE
 
 REPORT_FILE = "REPORT.md"
@@ -31,9 +30,7 @@ def write_report(root: str | os.PathLike) -> Path:
     sections = []
     for folder in folders:
         study = STUDIES[folder.name]
-        rows = study.rows(folder.results())
-        for model in models_of(rows):
-            verdict = study.verdict(rows, model)
+        for model, verdict in study.verdicts(folder.results()):
             summary.append(f"| [{study.name}](#study-{study.name}) | `{model}` | {FINDINGS[study.name].claim} | **{verdict.label}** |")
         sections += [study_markdown(study, folder, heading="##"), "",
                      f"![{study.name} plot]({folder.name}/{PLOT_FILE}) — files: [{TABLE_FILE}]({folder.name}/{TABLE_FILE}), "

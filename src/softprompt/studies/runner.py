@@ -20,7 +20,7 @@ from .config import Budget, StudyConfig, saved_form
 from .folder import PLOT_FILE, TABLE_FILE, StudyFolder
 from .plot import plot_rows
 from .registry import get_study
-from .summary import budget_line, models_of
+from .summary import budget_line
 from .verdicts import FINDINGS
 
 
@@ -83,7 +83,6 @@ def study_markdown(study: Study, folder: StudyFolder, records: list[dict[str, An
         lines += [extra, ""]
     finding = FINDINGS[study.name]
     lines += [f"Paper ({finding.source}): {finding.claim}", ""]
-    for model in models_of(rows):
-        verdict = study.verdict(rows, model)
+    for model, verdict in study.verdicts(records):
         lines.append(f"- `{model}`: **{verdict.label}** ({verdict.reason})")
     return "\n".join(lines)

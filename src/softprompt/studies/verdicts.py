@@ -53,6 +53,8 @@ FINDINGS: dict[str, Finding] = {
     "objective": Finding("LM adaptation helps at every size; span corruption alone often fails to emit legal labels for "
                          "Base/Large/XL; adding sentinels helps little; longer LM adaptation helps up to ~100K steps; XXL is "
                          "robust to all choices.", "§3.3, Figure 3(c, d)"),
+    "scale": Finding("Scale: prompt tuning approaches model tuning as the model grows and matches it at XXL (11B).",
+                     "§4, Figure 1"),
 }
 
 

@@ -350,3 +350,13 @@ def test_scale_verdict_wants_the_gap_to_shrink():
     assert label(size("big", 10**9, 0.88, 0.90, 0.6) + size("small", 10**6, 0.6, 0.8, 0.55)) == REPRODUCED
     assert label(size("big", 10**9, 0.70, 0.90, 0.6) + size("small", 10**6, 0.6, 0.8, 0.55)) == NOT_REPRODUCED
     assert label(size("small", 10**6, 0.6, 0.8, 0.55)) == NOT_TESTABLE
+
+
+def test_budgets_paper_quick_and_overrides():
+    paper = STUDIES["length"].context(StudyConfig(name="length")).budget
+    assert (paper.steps, paper.batch_size, paper.eval_examples, paper.seeds) == (30_000, 32, None, 3)
+    quick = STUDIES["ensemble"].context(StudyConfig(name="ensemble", quick=True)).budget
+    assert quick.quick and quick.seeds == 5 and quick.eval_examples == 200 and quick.batch_size == 16
+    tiny = STUDIES["ensemble"].context(StudyConfig(name="ensemble", quick=True, max_steps=2, seeds=2, eval_examples=8)).budget
+    assert (tiny.steps, tiny.eval_every, tiny.seeds, tiny.eval_examples) == (2, 2, 2, 8)
+    assert "--quick (CPU) budget" in quick.describe() and "full dev set" in paper.describe()

@@ -9,7 +9,7 @@ a plain training run (an ensemble scored in one batch, neighbours of a prompt), 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -112,7 +112,7 @@ class Study:
     def context(self, config: StudyConfig, progress: bool = False) -> Context:
         budget = resolve_budget(config, quick=self.quick_budget)
         if config.seeds is None and self.default_seeds is not None:
-            budget = Budget(**{**budget.__dict__, "seeds": self.default_seeds})
+            budget = replace(budget, seeds=self.default_seeds)
         return Context(config, config.task or self.default_task, config.model or self.default_models, budget,
                        StudyFolder(config.output, self.name), progress)
 

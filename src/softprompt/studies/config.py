@@ -59,9 +59,11 @@ class Budget:
 
 # The paper's recipe (§3, Appendix A): 30,000 steps of batch 32, dev metric every 1,000 steps, full dev sets.
 PAPER_BUDGET = Budget(steps=30_000, batch_size=32, eval_every=1000, eval_examples=None, seeds=3, quick=False)
-# About 1 minute per run of the packaged T5 nano on 2 CPU cores (about 5 steps/s at batch 16, p <= 150),
-# so a study of 15 runs (5 settings x 3 seeds) fits in 30 minutes with its evaluations.
-QUICK_BUDGET = Budget(steps=300, batch_size=16, eval_every=150, eval_examples=200, seeds=3, quick=True)
+# Measured on the packaged T5 nano, SST-2, batch 16, 2 shared CPU cores (2026-12, `length --quick --seeds 1
+# --max-steps 100`): 100 steps with one 200-example evaluation took 7 / 8 / 11 / 29 / 43 s at p = 1 / 5 / 20 /
+# 100 / 150, 98 s for all five; so 400 steps x 5 lengths x 3 seeds is about 20 minutes. Each study scales its
+# steps to its number of runs (ensemble.py, neighbors.py, ...); those totals are estimates from these rates.
+QUICK_BUDGET = Budget(steps=400, batch_size=16, eval_every=200, eval_examples=200, seeds=3, quick=True)
 
 
 def resolve_budget(config: StudyConfig, paper: Budget = PAPER_BUDGET, quick: Budget = QUICK_BUDGET) -> Budget:

@@ -22,6 +22,7 @@ from ..backbones import Backbone
 from ..files import write_json_atomic
 from ..prompt_io import load_prompt
 from .base import Context, Point, Study, model_keys, training_record
+from .config import QUICK_BUDGET
 from .summary import Row, markdown_table, summarise
 from .verdicts import FINDINGS, NOT_REPRODUCED, REPRODUCED, Verdict, exceeds, untestable
 
@@ -34,6 +35,7 @@ MEASURES = {"cluster_cosine": "neighbours' pairwise cosine", "label_rate": "posi
 class NeighborsStudy(Study):
     name = "neighbors"
     finding = FINDINGS["neighbors"]
+    quick_budget = replace(QUICK_BUDGET, steps=1000, eval_every=500)  # 3 runs at p = 100: about 15 minutes
 
     def context(self, config, progress: bool = False) -> Context:
         ctx = super().context(config, progress)

@@ -10,11 +10,13 @@ Decoder-only backbones have no span-corruption objective and are refused.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from ..backbones.loading import T5_NANO_LM_ADAPTED, T5_NANO_SPAN_CORRUPTION
 from ..errors import SoftpromptError
 from .base import Context, Point, Study, training_record
+from .config import QUICK_BUDGET
 from .summary import Row, markdown_table, summarise
 from .verdicts import FINDINGS, NOT_REPRODUCED, REPRODUCED, Verdict, exceeds, untestable
 
@@ -24,6 +26,7 @@ SPAN, SENTINEL, LM = "span corruption", "span corruption + sentinel", "LM adapta
 class ObjectiveStudy(Study):
     name = "objective"
     finding = FINDINGS["objective"]
+    quick_budget = replace(QUICK_BUDGET, steps=300, eval_every=150)  # 9 runs at p = 100, each evaluation also generating
     default_models = (T5_NANO_SPAN_CORRUPTION, T5_NANO_LM_ADAPTED)
 
     def check(self, ctx: Context) -> None:

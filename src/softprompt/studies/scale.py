@@ -11,12 +11,14 @@ after BOS). Model tuning trains every weight at lr 1e-3 with no prompt.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Any
 
 from ..config import PromptConfig
 from ..errors import SoftpromptError
 from ..tasks import Example, Task, load_task, resolve_data_dir
 from .base import Context, Point, Study, model_keys
+from .config import QUICK_BUDGET
 from .summary import Row, models_of
 from .transfer import MODEL_TUNING, MODEL_TUNING_LR, PROMPT_TUNING
 from .verdicts import FINDINGS, NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, Verdict, exceeds, untestable
@@ -36,6 +38,7 @@ def design_text(task: Task, train: list[Example], shots: int, seed: int) -> str:
 class ScaleStudy(Study):
     name = "scale"
     finding = FINDINGS["scale"]
+    quick_budget = replace(QUICK_BUDGET, steps=300, eval_every=150)  # per size: 6 training runs and 6 prompt-design evaluations
 
     def check(self, ctx: Context) -> None:
         if not load_task(ctx.task).labels:

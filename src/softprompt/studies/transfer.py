@@ -9,6 +9,7 @@ prompt, at T5 fine-tuning's lr 1e-3 (`--tune model --lr 1e-3 --prompt-length 0`)
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from ..config import PromptConfig
@@ -17,6 +18,7 @@ from ..evaluate import evaluate
 from ..model import load_prompted_model
 from ..tasks import check_label_map, label_map_for, load_task, mapped_task, parse_label_map
 from .base import Context, Point, Study, majority_score, model_keys, training_record
+from .config import QUICK_BUDGET
 from .summary import Row, markdown_table, summarise
 from .verdicts import FINDINGS, NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, Verdict, exceeds, untestable
 
@@ -28,6 +30,7 @@ MODEL_TUNING_LR = 1e-3  # T5 fine-tuning's rate; the paper's model-tuning baseli
 class TransferStudy(Study):
     name = "transfer"
     finding = FINDINGS["transfer"]
+    quick_budget = replace(QUICK_BUDGET, steps=300, eval_every=150)  # 6 runs on RTE's longer inputs, 3 of them tuning every weight
     default_task = "rte"
 
     def target_name(self, ctx: Context) -> str:

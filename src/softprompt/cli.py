@@ -197,6 +197,31 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p, PretrainConfig, skip=STAGE_FIELDS, dest_prefix="pretrain.")
 
 
+def cmd_study(args: argparse.Namespace) -> None:
+    from .studies import StudyConfig, run_study
+
+    outcome = run_study(config_from_args(StudyConfig, args, {"name": args.name}), progress=not args.quiet)
+    print(json.dumps({"study": str(outcome.folder), "ran": outcome.ran, "skipped": outcome.skipped,
+                      "table": str(outcome.table), "plot": str(outcome.plot)}))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from .studies import write_report
+
+    print(write_report(args.root))
+
+
+def add_study_commands(command: Callable[[str, Callable, str], argparse.ArgumentParser]) -> None:
+    """`study NAME` (flags generated from StudyConfig) and `report ROOT`."""
+    from .studies import STUDIES, StudyConfig
+
+    s = command("study", cmd_study, "Run one of the paper's studies: ROOT/NAME/results.jsonl, table.md, plot.png.")
+    s.add_argument("name", metavar="NAME", help=f"the study: {', '.join(STUDIES)}")
+    add_config_arguments(s, StudyConfig, required=("output",))
+    r = command("report", cmd_report, "Write ROOT/REPORT.md from every study under ROOT, with computed verdicts.")
+    r.add_argument("root", metavar="ROOT", help="the --output of `softprompt study`")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="softprompt", description="Prompt tuning of frozen Hugging Face models (Lester et al., 2021).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -240,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--prompt", required=True, help="prompt directory")
 
     add_pretrain_args(command("pretrain", cmd_pretrain, "Build T5-style backbones: tokenizer, span corruption, LM adaptation."))
+    add_study_commands(command)
     return parser
 
 

@@ -1,0 +1,171 @@
+"""What every study is: a list of run points, how one point runs, and the rule that judges the result.
+
+A point is a full typed config (a `TrainConfig` where the point trains) plus its setting label and
+seed; its run directory is ROOT/NAME/runs/KEY, so the training loop's own exact resume carries an
+interrupted point on. A study module subclasses `Study`, lists its points and, where a point is not
+a plain training run (an ensemble scored in one batch, neighbours of a prompt), says how it runs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..backbones import Backbone, BackboneSpec, load_backbone
+from ..backbones.loading import T5_NANO_LM_ADAPTED
+from ..config import PromptConfig, TrainConfig
+from ..tasks import Example, Task, load_task, require_examples, resolve_data_dir
+from ..train import train
+from .config import QUICK_BUDGET, Budget, StudyConfig, resolve_budget
+from .folder import StudyFolder
+from .summary import Row, markdown_table, models_of, summarise
+from .verdicts import Finding, Verdict
+
+
+@dataclass
+class Point:
+    """One run of a study: `key` names its run directory; `config` is None where nothing trains."""
+
+    key: str
+    setting: str
+    model: str
+    seed: int
+    config: TrainConfig | None = None
+    x: float | None = None  # the setting as a number, where it is one (prompt length)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Context:
+    """A study call resolved: its task, backbones and budget, the folder, and what is loaded once."""
+
+    config: StudyConfig
+    task: str
+    models: tuple[str, ...]
+    budget: Budget
+    folder: StudyFolder
+    progress: bool = False
+    _backbones: dict[str, Backbone] = field(default_factory=dict)
+    _dev: dict[str, list[Example]] = field(default_factory=dict)
+
+    def backbone(self, model: str) -> Backbone:
+        """The frozen backbone `model`, loaded once per study (for counts, kinds and neighbours)."""
+        if model not in self._backbones:
+            self._backbones[model] = load_backbone(BackboneSpec(model, "fp32", self.config.device))
+        return self._backbones[model]
+
+    def dev_examples(self, task: Task) -> list[Example]:
+        """The dev examples every run of the study is scored on (the budget's first N, or all)."""
+        if task.name not in self._dev:
+            data_dir = resolve_data_dir(self.config.data_dir)
+            examples = task.load("validation", data_dir)[: self.budget.eval_examples]
+            self._dev[task.name] = require_examples(task, "validation", data_dir, examples)
+        return self._dev[task.name]
+
+    def train_config(self, key: str, model: str, seed: int, prompt: PromptConfig | None = None, **overrides: Any) -> TrainConfig:
+        """The paper's recipe under this study's budget, for the run directory of point `key`."""
+        budget = self.budget
+        values: dict[str, Any] = dict(
+            task=self.task, model=model, output=str(self.folder.run_dir(key)), data_dir=self.config.data_dir,
+            max_steps=budget.steps, batch_size=budget.batch_size, eval_every=budget.eval_every,
+            eval_examples=budget.eval_examples, checkpoint_every=max(1, min(100, budget.steps)), seed=seed,
+            device=self.config.device, prompt=prompt or PromptConfig(),
+        )
+        values.update(overrides)
+        return TrainConfig(**values)
+
+
+def model_keys(models: tuple[str, ...]) -> dict[str, str]:
+    """A short, file-name-safe, unique label per backbone, for run directory names."""
+    labels: dict[str, str] = {}
+    for model in models:
+        base = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model).name if Path(model).exists() else model).strip("-") or "model"
+        label, n = base, 2
+        while label in labels.values():
+            label, n = f"{base}-{n}", n + 1
+        labels[model] = label
+    return labels
+
+
+def majority_score(task: Task, examples: list[Example]) -> float | None:
+    """The primary metric of always answering the most common dev label: the chance level of a run."""
+    targets = [e.target for e in examples if e.target]
+    if not task.labels or not targets:
+        return None
+    majority = max(task.labels, key=targets.count)
+    return float(next(iter(task.metric([majority] * len(examples), examples).values())))
+
+
+class Study:
+    """The defaults and hooks one study module fills in."""
+
+    name: ClassVar[str]
+    finding: ClassVar[Finding]
+    default_task: ClassVar[str] = "sst2"
+    default_models: ClassVar[tuple[str, ...]] = (T5_NANO_LM_ADAPTED,)
+    quick_budget: ClassVar[Budget] = QUICK_BUDGET
+    default_seeds: ClassVar[int | None] = None  # None: the budget's (3)
+    x_label: ClassVar[str | None] = None  # set where settings are numbers (prompt length): the plot's x axis
+
+    def context(self, config: StudyConfig, progress: bool = False) -> Context:
+        budget = resolve_budget(config, quick=self.quick_budget)
+        if config.seeds is None and self.default_seeds is not None:
+            budget = replace(budget, seeds=self.default_seeds)
+        return Context(config, config.task or self.default_task, config.model or self.default_models, budget,
+                       StudyFolder(config.output, self.name), progress)
+
+    def defaults(self, ctx: Context) -> dict[str, Any]:
+        """The values a saved study config records for flags left out."""
+        return {"task": ctx.task, "model": list(ctx.models)}
+
+    def check(self, ctx: Context) -> None:
+        """Refuse what this study cannot run, before anything is written (raises SoftpromptError)."""
+        load_task(ctx.task)
+
+    def points(self, ctx: Context) -> list[Point]:
+        raise NotImplementedError
+
+    def run_point(self, ctx: Context, point: Point) -> dict[str, Any]:
+        """Train the point (resuming its run directory) and return its record's metrics."""
+        return training_record(ctx, point)
+
+    def rows(self, records: list[dict[str, Any]]) -> list[Row]:
+        """The table's rows (mean ± std per backbone and setting) from the finished points."""
+        return summarise(records)
+
+    def table(self, rows: list[Row], records: list[dict[str, Any]]) -> str:
+        return markdown_table(rows)
+
+    def sections(self, records: list[dict[str, Any]]) -> str:
+        """Markdown printed below the table (neighbour tokens, parameter counts); none by default."""
+        return ""
+
+    def verdict(self, rows: list[Row], model: str) -> Verdict:
+        raise NotImplementedError
+
+    def verdicts(self, records: list[dict[str, Any]]) -> list[tuple[str, Verdict]]:
+        """(backbone, verdict) for each backbone of the finished points; a study judged across sizes gives one."""
+        rows = self.rows(records)
+        return [(model, self.verdict(rows, model)) for model in models_of(rows)]
+
+
+def training_record(ctx: Context, point: Point) -> dict[str, Any]:
+    """Train `point.config` (resuming its directory, a no-op when finished) and describe the result."""
+    result = train(point.config, resume=True, progress=ctx.progress)
+    task = load_task(point.config.task, point.config.task_spec)
+    metric, score = next(iter(result.best_metrics.items()))
+    backbone = ctx.backbone(point.model)
+    return {
+        "metric": metric, "score": score, "metrics": result.best_metrics, "steps": result.steps, "best_step": result.best_step,
+        "seconds": round(result.seconds, 1), "chance": majority_score(task, ctx.dev_examples(task)),
+        "parameters": sum(p.numel() for p in backbone.model.parameters()),
+        "tuned_parameters": tuned_parameters(point.config, backbone),
+    }
+
+
+def tuned_parameters(config: TrainConfig, backbone: Backbone) -> int:
+    """Task-specific parameters: p x e for prompt tuning (the paper's count), every weight for model tuning."""
+    prompt = config.prompt.length * backbone.width
+    return prompt + (sum(p.numel() for p in backbone.model.parameters()) if config.tune == "model" else 0)

@@ -1,0 +1,99 @@
+"""What a study is asked to do (`StudyConfig`, the `softprompt study` flags) and the budget it runs under.
+
+The budget is the paper's (30,000 steps, batch 32, full dev sets, 3 seeds) unless `--quick` asks
+for the CPU one, and `--max-steps`, `--eval-examples` and `--seeds` override either, so the same
+study runs for a GPU, a laptop, or a test on a tiny model. The resolved budget is saved with the
+study (`study.json`) and stated under every table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from ..config import at_least, check_fields, normalised, setting
+from ..errors import SoftpromptError
+
+
+@dataclass
+class StudyConfig:
+    """One `softprompt study NAME` call; None means "the study's default"."""
+
+    name: str = setting("length", "the study to run", cli=False)
+    output: str = setting("studies", "the root folder: the study writes ROOT/NAME/", path=True)
+    model: tuple[str, ...] = setting((), "backbone; repeat for several (a family's sizes)", repeat=True)
+    task: str | None = setting(None, "task to train on (default: the study's, e.g. sst2; transfer: rte)")
+    data_dir: str | None = setting(None, "GLUE/SuperGLUE file layout; default $SOFTPROMPT_DATA_DIR, else the hub", path=True)
+    seeds: int | None = setting(None, "seeds per point (default 3; ensemble: 5 prompts)")
+    max_steps: int | None = setting(None, "optimizer steps per run (default: paper 30,000; --quick: the study's CPU budget)")
+    eval_examples: int | None = setting(None, "dev examples scored (default: the full dev set; --quick: 200)")
+    quick: bool = setting(False, "the CPU budget: one study on the packaged T5 in at most 30 minutes on 2 cores")
+    device: str = setting("auto", "auto, cpu, cuda, cuda:1 ...")
+    prompt: tuple[str, ...] = setting((), "neighbors: also analyse this saved prompt directory; repeatable", repeat=True)
+    target_task: str | None = setting(None, "transfer: the task scored zero-shot (default: cb for rte, qqp for mrpc)")
+    label_map: str | None = setting(None, "transfer: TARGET_LABEL=SOURCE_LABEL,... (default: the built-in map)")
+
+    def __post_init__(self) -> None:
+        self.model, self.prompt = tuple(self.model), tuple(self.prompt)
+        check_fields(self)
+        at_least(self, 1, "seeds", "eval_examples")
+        at_least(self, 0, "max_steps")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much each run of a study gets; stated under its table."""
+
+    steps: int
+    batch_size: int
+    eval_every: int
+    eval_examples: int | None  # None: the full dev set
+    seeds: int
+    quick: bool
+
+    def describe(self) -> str:
+        dev = "full dev set" if self.eval_examples is None else f"first {self.eval_examples} dev examples"
+        mode = "--quick (CPU)" if self.quick else "paper"
+        return f"{self.steps} steps at batch {self.batch_size}, {dev}, {self.seeds} seed(s), {mode} budget"
+
+
+# The paper's recipe (§3, Appendix A): 30,000 steps of batch 32, dev metric every 1,000 steps, full dev sets.
+PAPER_BUDGET = Budget(steps=30_000, batch_size=32, eval_every=1000, eval_examples=None, seeds=3, quick=False)
+# Measured on the packaged T5 nano, SST-2, batch 16, 2 shared CPU cores (2026-12, `length --quick --seeds 1
+# --max-steps 100`): 100 steps with one 200-example evaluation took 7 / 8 / 11 / 29 / 43 s at p = 1 / 5 / 20 /
+# 100 / 150, 98 s for all five; so 400 steps x 5 lengths x 3 seeds is about 20 minutes. Each study scales its
+# steps to its number of runs (ensemble.py, neighbors.py, ...); those totals are estimates from these rates.
+QUICK_BUDGET = Budget(steps=400, batch_size=16, eval_every=200, eval_examples=200, seeds=3, quick=True)
+
+
+def resolve_budget(config: StudyConfig, paper: Budget = PAPER_BUDGET, quick: Budget = QUICK_BUDGET) -> Budget:
+    """The study's budget (`quick` or `paper`) with the flags given laid over it."""
+    base = quick if config.quick else paper
+    overrides: dict[str, Any] = {}
+    if config.max_steps is not None:
+        overrides["steps"] = config.max_steps
+        overrides["eval_every"] = max(1, min(base.eval_every, config.max_steps))
+    if config.eval_examples is not None:
+        overrides["eval_examples"] = config.eval_examples
+    if config.seeds is not None:
+        overrides["seeds"] = config.seeds
+    return replace(base, **overrides)
+
+
+def saved_form(config: StudyConfig, budget: Budget, defaults: dict[str, Any]) -> dict[str, Any]:
+    """What `study.json` holds: the config with the study's defaults filled in, and the budget.
+
+    `device` and `output` are left out: moving a study to a GPU or another folder is the same study.
+    """
+    data = normalised(config)
+    for key in ("device", "output"):
+        data.pop(key)
+    data.update({k: v for k, v in defaults.items() if data.get(k) in (None, [], ())})
+    data["budget"] = asdict(budget)
+    return data
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise SoftpromptError(`message`) unless `condition`: one line for the user, no traceback."""
+    if not condition:
+        raise SoftpromptError(message)

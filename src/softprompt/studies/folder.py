@@ -1,0 +1,97 @@
+"""A study's folder, ROOT/NAME/: its saved config, one run directory per point, and results.jsonl.
+
+`results.jsonl` is the hand-off between running a study and reporting on it (tables, plots,
+REPORT.md read only this file): one whole JSON line per finished point, written with a single
+`os.write` on a file opened with O_APPEND, so a killed study leaves whole lines only and a
+rerun skips exactly the points whose line is there. `study.json` is the config the results were
+made with; a rerun with another config is refused instead of mixing two studies in one file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import SoftpromptError
+from ..files import write_json_atomic
+from ..run import check_writable, config_differences
+
+STUDY_FILE, RESULTS_FILE, TABLE_FILE, PLOT_FILE, RUNS_DIR = "study.json", "results.jsonl", "table.md", "plot.png", "runs"
+
+
+class StudyFolder:
+    """ROOT/NAME and the files in it."""
+
+    def __init__(self, root: str | os.PathLike, name: str):
+        self.root = Path(root)
+        self.path = self.root / name
+        self.name = name
+
+    @property
+    def results_path(self) -> Path:
+        return self.path / RESULTS_FILE
+
+    def run_dir(self, key: str) -> Path:
+        return self.path / RUNS_DIR / key
+
+    def check(self, saved_form: dict[str, Any]) -> None:
+        """Refuse a folder holding another study config, or one that cannot be written; writes nothing."""
+        check_writable(self.path)
+        study_file = self.path / STUDY_FILE
+        if not study_file.is_file():
+            if self.results_path.exists():
+                raise SoftpromptError(f"{self.path} holds {RESULTS_FILE} but no {STUDY_FILE}; choose another --output")
+            return
+        try:
+            saved = json.loads(study_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise SoftpromptError(f"{study_file}: corrupt study config ({err}); choose another --output") from None
+        differing = config_differences(saved, saved_form, ())
+        if differing:
+            raise SoftpromptError(f"{self.path} holds results of a different {self.name} study ({', '.join(differing)} differ); "
+                                  "rerun with the same flags to resume it, or choose another --output")
+
+    def start(self, saved_form: dict[str, Any]) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise SoftpromptError(f"{self.path}: cannot create the study folder ({err.strerror})") from None
+        write_json_atomic(self.path / STUDY_FILE, saved_form)
+
+    def saved_config(self) -> dict[str, Any]:
+        return json.loads((self.path / STUDY_FILE).read_text(encoding="utf-8"))
+
+    def results(self) -> list[dict[str, Any]]:
+        """The finished points' records, in the order they finished."""
+        if not self.results_path.is_file():
+            return []
+        records = []
+        for number, line in enumerate(self.results_path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise SoftpromptError(f"{self.results_path}, line {number}: not a whole JSON line") from None
+        return records
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Add one finished point: one line, one write on an O_APPEND descriptor, so never half a line."""
+        data = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
+        fd = os.open(self.results_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            written = os.write(fd, data)
+        finally:
+            os.close(fd)
+        if written != len(data):  # a full disk: say so rather than leave a torn line unexplained
+            raise SoftpromptError(f"{self.results_path}: only {written} of {len(data)} bytes written (disk full?)")
+
+
+def study_folders(root: str | os.PathLike) -> list[StudyFolder]:
+    """Every study under ROOT that has a results file, by name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SoftpromptError(f"{root}: no such folder; give the --output ROOT of `softprompt study`")
+    return [StudyFolder(root, p.name) for p in sorted(root.iterdir()) if (p / RESULTS_FILE).is_file() and (p / STUDY_FILE).is_file()]

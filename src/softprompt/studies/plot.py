@@ -1,0 +1,62 @@
+"""`plot.png` in the paper's shape: one line per setting with seed error bars, x = model size where it applies.
+
+Three layouts, chosen from the rows: settings that are numbers (prompt length) go on the x axis
+with one line per backbone (Figure 3a's shape for one size); several backbones put their
+parameter count on a log x axis with one line per setting (Figures 1 and 3); a single backbone
+with named settings gets one point per setting.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display: must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..files import atomic_path  # noqa: E402
+from .summary import Row, models_of  # noqa: E402
+
+
+def _err(row: Row) -> float:
+    return 0.0 if math.isnan(row.std) else 100 * row.std
+
+
+def plot_rows(rows: list[Row], path: str | Path, title: str, x_label: str | None = None) -> Path:
+    """Write the plot of `rows` (mean ± std over seeds, in %) to `path`, atomically."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    models = models_of(rows)
+    if x_label is not None and all(row.x is not None for row in rows):
+        for model in models:
+            line = sorted((r for r in rows if r.model == model), key=lambda r: r.x)
+            ax.errorbar([r.x for r in line], [100 * r.mean for r in line], yerr=[_err(r) for r in line], marker="o", capsize=3,
+                        label=model)
+        ax.set_xscale("log")
+        ax.set_xlabel(x_label)
+    elif len(models) > 1 and all(row.parameters for row in rows):
+        for setting in dict.fromkeys(r.setting for r in rows):
+            line = sorted((r for r in rows if r.setting == setting), key=lambda r: r.parameters)
+            ax.errorbar([r.parameters for r in line], [100 * r.mean for r in line], yerr=[_err(r) for r in line], marker="o",
+                        capsize=3, label=setting)
+        ax.set_xscale("log")
+        ax.set_xlabel("model parameters")
+    else:
+        for model in models:
+            line = [r for r in rows if r.model == model]
+            ax.errorbar(range(len(line)), [100 * r.mean for r in line], yerr=[_err(r) for r in line], marker="o", capsize=3,
+                        linestyle="none", label=model)
+            ax.set_xticks(range(len(line)), [r.setting for r in line], rotation=20 if len(line) > 3 else 0)
+    chances = [r.chance for r in rows if r.chance is not None]
+    if chances:
+        ax.axhline(100 * max(chances), color="grey", linestyle=":", label="majority class")
+    ax.set_ylabel(f"{rows[0].metric if rows else 'score'} (%)")
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path

@@ -66,7 +66,8 @@ def test_sigterm_lets_in_flight_requests_finish(setup):
         proc.send_signal(signal.SIGTERM)
         client.join(60)
         assert answer["response"].status_code == 200 and answer["response"].json()["outputs"][0] in ("negative", "positive")
-        assert proc.wait(60) == 0
+        assert proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once drained: the conventional exit
+        assert b"Traceback" not in proc.stderr.read()
         with pytest.raises(httpx.HTTPError):
             httpx.get(url + "/healthz", timeout=1)
     finally:

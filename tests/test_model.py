@@ -168,3 +168,17 @@ def test_prompt_names_that_a_parameter_dict_uses_itself(prompted):
     assert [float(prompted.bank[n].weight[0, 0]) for n in ("copy", "keys", "training", "cpu", "a.b")] == [0, 1, 2, 3, 4]
     prompted.bank.remove("copy")
     assert "copy" not in prompted.bank and "keys" in prompted.bank
+
+
+def test_sorted_batches_keep_each_forward_within_a_token_budget():
+    from softprompt.data import sorted_batches
+
+    feats = [Features(list(range(n)), [], "p") for n in (3, 40, 7, 12, 40, 5, 9, 30)]
+    batches = list(sorted_batches(feats, batch_size=4, max_tokens=80))
+    assert sorted(i for b in batches for i in b) == list(range(len(feats)))
+    for batch in batches:
+        longest = max(feats[i].length for i in batch)
+        assert len(batch) <= 4 and (len(batch) == 1 or len(batch) * longest <= 80)
+        assert feats[batch[0]].length == longest
+    assert [len(b) for b in batches] == [2, 2, 4]  # 40+40 | 30+12 | 9, 7, 5, 3
+    assert [len(b) for b in sorted_batches(feats, batch_size=4)] == [4, 4]  # no budget: by count only

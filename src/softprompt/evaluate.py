@@ -27,12 +27,12 @@ def check_batch_size(batch_size: int) -> None:
 
 @torch.no_grad()
 def generate_ids(model: PromptedModel, features: Sequence[Features], batch_size: int, max_new_tokens: int,
-                 progress: bool = False) -> list[list[int]]:
+                 progress: bool = False, max_tokens: int | None = None) -> list[list[int]]:
     """Greedy continuation ids, in the order of `features`, each cut after its end-of-sequence token."""
     check_batch_size(batch_size)
     eos = model.adapter.tokenizer.eos_token_id
     outputs: list[list[int]] = [[] for _ in features]
-    for idx in tqdm(list(sorted_batches(features, batch_size)), desc="generate", disable=not progress, leave=False):
+    for idx in tqdm(list(sorted_batches(features, batch_size, max_tokens)), desc="generate", disable=not progress, leave=False):
         batch = to_device(collate(model.adapter, [features[i] for i in idx], with_labels=False), model.device)
         for i, row in zip(idx, model.generate(batch, max_new_tokens).tolist()):
             outputs[i] = row[: row.index(eos) + 1] if eos in row else row
@@ -54,7 +54,7 @@ def generate_texts(model: PromptedModel, features: Sequence[Features], batch_siz
 
 @torch.no_grad()
 def rank_scores(model: PromptedModel, features: Sequence[Features], candidates: Sequence[Sequence[str]], batch_size: int,
-                progress: bool = False) -> list[list[float]]:
+                progress: bool = False, max_tokens: int | None = None) -> list[list[float]]:
     """Each example's candidate log-likelihoods (summed over tokens), in the order of `features` and its candidates."""
     check_batch_size(batch_size)
     cache: dict[tuple[str, str], list[int]] = {}
@@ -65,7 +65,7 @@ def rank_scores(model: PromptedModel, features: Sequence[Features], candidates: 
         return cache[prompt, text]
 
     scores: list[list[float]] = [[] for _ in features]
-    for idx in tqdm(list(sorted_batches(features, batch_size)), desc="rank", disable=not progress, leave=False):
+    for idx in tqdm(list(sorted_batches(features, batch_size, max_tokens)), desc="rank", disable=not progress, leave=False):
         batch = to_device(collate(model.adapter, [features[i] for i in idx], with_labels=False), model.device)
         pairs = [(row, ids(features[i].prompt, c)) for row, i in enumerate(idx) for c in candidates[i]]
         width = max(len(c) for _, c in pairs)

@@ -54,7 +54,7 @@ def validation_message(err: RequestValidationError) -> tuple[str, str | None]:
 
 def create_app(model: PromptedModel, directory: PromptDirectory, config: ServeConfig) -> FastAPI:
     metrics = ServerMetrics()
-    batcher = Batcher(model, config.max_batch_size, config.max_wait_ms / 1000, metrics)
+    batcher = Batcher(model, config.max_batch_size, config.max_wait_ms / 1000, metrics, config.max_batch_tokens)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

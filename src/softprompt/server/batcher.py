@@ -3,7 +3,8 @@
 One thread owns the model. Requests queue up as jobs; the thread takes the first, waits up to
 `max_wait_s` for others until `max_batch_size` examples are gathered, tokenises each job with its
 own prompt's settings, and runs every job of a method in one call of the same functions
-`softprompt predict` uses, so each example wears its own prompt and the answers are predict's.
+`softprompt predict` uses (which split the gathered examples by length into forwards of at most
+`max_batch_tokens` padded tokens), so each example wears its own prompt and the answers are predict's.
 Changes to the prompt bank (hot load and unload) run on the same thread between batches, so a
 batch never sees a prompt half-added. A job whose input is bad fails alone (4xx); an exception
 inside a forward fails the jobs of that forward only (500).
@@ -79,8 +80,10 @@ def _settle(future: Future, result: Any = None, error: BaseException | None = No
 class Batcher:
     """The model's thread; `submit(job)` returns the job's future, `call(fn)` runs fn between batches."""
 
-    def __init__(self, model: PromptedModel, max_batch_size: int, max_wait_s: float, metrics: Any = None):
+    def __init__(self, model: PromptedModel, max_batch_size: int, max_wait_s: float, metrics: Any = None,
+                 max_batch_tokens: int | None = None):
         self.model, self.max_batch_size, self.max_wait_s, self.metrics = model, max_batch_size, max_wait_s, metrics
+        self.max_batch_tokens = max_batch_tokens
         self._queue: queue.Queue = queue.Queue()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="softprompt-batcher", daemon=True)
@@ -174,9 +177,9 @@ class Batcher:
         try:
             if key[0] == "rank":
                 candidates = [c for job, _ in group for c in job.candidates]
-                results: list = rank_scores(self.model, features, candidates, self.max_batch_size)
+                results: list = rank_scores(self.model, features, candidates, self.max_batch_size, max_tokens=self.max_batch_tokens)
             else:
-                ids = generate_ids(self.model, features, self.max_batch_size, key[1])
+                ids = generate_ids(self.model, features, self.max_batch_size, key[1], max_tokens=self.max_batch_tokens)
                 results = [Generated(row, generated_text(self.model, f, row), len(f.input_ids)) for f, row in zip(features, ids)]
         except Exception as err:  # noqa: BLE001 - the batch's requests get a 500; the server lives on
             log.exception("batch of %d examples failed", len(features))

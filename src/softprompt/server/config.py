@@ -17,6 +17,8 @@ class ServeConfig:
     host: str = setting("127.0.0.1", "address to listen on; localhost by default, so nothing outside this machine reaches it")
     port: int = setting(8000, "TCP port")
     max_batch_size: int = setting(64, "most examples in one forward; requests are gathered up to this")
+    max_batch_tokens: int = setting(1024, "most padded input tokens in one forward: gathered examples are split by length "
+                                          "to fit (short forwards beat long padded ones on a CPU; raise it on a GPU)")
     max_wait_ms: float = setting(5.0, "how long the first request of a batch waits for others to join it")
     admin_token: str | None = setting(None, "enables PUT/DELETE /v1/prompts/NAME for requests presenting this token")
     prompt_cache_mb: float = setting(256.0, "memory for decoder-only prompts' keys/values kept between batches (LRU)")
@@ -32,7 +34,7 @@ class ServeConfig:
         check_fields(self)
         if not self.prompts:
             raise SoftpromptError("give --prompts DIR (a directory of prompt folders; it may start empty)")
-        at_least(self, 1, "max_batch_size", "max_inputs", "max_input_chars", "max_tokens_limit")
+        at_least(self, 1, "max_batch_size", "max_batch_tokens", "max_inputs", "max_input_chars", "max_tokens_limit")
         at_least(self, 0, "max_wait_ms", "prompt_cache_mb")
         at_least(self, 0.001, "max_body_mb")
         if not 0 <= self.port <= 65535:

@@ -107,7 +107,7 @@ def test_peft_rank_scorer_matches_brute_force(kind, method):
             if p.requires_grad:
                 p.add_(torch.randn_like(p))
     inputs = [backbone.input_ids(t, 64) for t in ("a short one", "a somewhat longer input sentence here", "mid length text")]
-    candidates = [[backbone.target_ids(c, 16) for c in ("yes", "no", "perhaps not")] for _ in inputs]
+    candidates = [[backbone.target_ids(c, 16) for c in ("perhaps not at all", "yes", "no")] for _ in inputs]
     batched = peft_rank_scores(peft_model, backbone, inputs, candidates, batch_size=4)  # pairs of mixed lengths per batch
 
     def brute(inp: list[int], cand: list[int]) -> float:

@@ -137,23 +137,28 @@ def peft_nll(peft_model: PeftModel, kind: str, batch: dict[str, torch.Tensor]) -
     if kind == "encoder-decoder":
         logits = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).logits
         return label_nll(logits, labels)  # (b, m, V) against (b, m)
-    logits = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logits = logits[:, -labels.shape[1]:]  # P-tuning returns the virtual tokens' positions first
-    return label_nll(logits[:, :-1], labels[:, 1:])  # position t predicts token t + 1
+    # Position t predicts token t + 1: only the columns before some label need the output layer.
+    predict = (labels[:, 1:] != -100).any(0).nonzero().squeeze(1)  # (k,)
+    config = peft_model.active_peft_config
+    shift = config.num_virtual_tokens if config.peft_type.value != "PREFIX_TUNING" else 0  # P-tuning's tokens come first
+    logits = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        logits_to_keep=predict + shift).logits  # (b, k, V)
+    return label_nll(logits, labels[:, 1:][:, predict])
 
 
 @torch.no_grad()
 def peft_rank_scores(peft_model: PeftModel, backbone: Backbone, inputs: Sequence[list[int]],
                      candidates: Sequence[Sequence[list[int]]], batch_size: int) -> list[list[float]]:
-    """Each example's candidate log-likelihoods (sum over target tokens), one row per (example, candidate) pair."""
-    pairs = [(i, c) for i, options in enumerate(candidates) for c in options]
-    scores: list[list[float]] = [[] for _ in inputs]
+    """Each example's candidate log-likelihoods (sum over target tokens); pairs run in length order, so little is padded."""
+    pairs = sorted(((i, j, c) for i, options in enumerate(candidates) for j, c in enumerate(options)),
+                   key=lambda pair: len(inputs[pair[0]]) + len(pair[2]))
+    scores = [[0.0] * len(options) for options in candidates]
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
-        batch = to_device(pair_batch(backbone, [inputs[i] for i, _ in chunk], [c for _, c in chunk]), backbone.device)
+        batch = to_device(pair_batch(backbone, [inputs[i] for i, _, _ in chunk], [c for _, _, c in chunk]), backbone.device)
         nll, _ = peft_nll(peft_model, backbone.kind, batch)
-        for (i, _), value in zip(chunk, (-nll).tolist()):
-            scores[i].append(value)
+        for (i, j, _), value in zip(chunk, (-nll).tolist()):
+            scores[i][j] = value
     return scores
 
 

@@ -20,6 +20,7 @@ from ..tasks import Example, Task, load_task, require_examples, resolve_data_dir
 from ..train import train
 from .config import QUICK_BUDGET, Budget, StudyConfig, resolve_budget
 from .folder import StudyFolder
+from .plot import plot_rows
 from .summary import Row, markdown_table, models_of, summarise
 from .verdicts import Finding, Verdict
 
@@ -137,6 +138,10 @@ class Study:
 
     def table(self, rows: list[Row], records: list[dict[str, Any]]) -> str:
         return markdown_table(rows)
+
+    def plot(self, rows: list[Row], path: Path, title: str) -> Path:
+        """plot.png: the framework's layouts (plot.py), chosen from the rows."""
+        return plot_rows(rows, path, title, self.x_label)
 
     def sections(self, records: list[dict[str, Any]]) -> str:
         """Markdown printed below the table (neighbour tokens, parameter counts); none by default."""

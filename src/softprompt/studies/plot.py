@@ -48,6 +48,22 @@ def plot_rows(rows: list[Row], path: str | Path, title: str, x_label: str | None
             ax.errorbar(range(len(line)), [100 * r.mean for r in line], yerr=[_err(r) for r in line], marker="o", capsize=3,
                         linestyle="none", label=model)
             ax.set_xticks(range(len(line)), [r.setting for r in line], rotation=20 if len(line) > 3 else 0)
+    return _finish(fig, ax, rows, path, title)
+
+
+def plot_labelled_points(rows: list[Row], path: str | Path, title: str, x_label: str) -> Path:
+    """One point per setting at its x (parameter count, log scale) with seed error bars, labelled in the legend."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for row in rows:
+        ax.errorbar([row.x], [100 * row.mean], yerr=[_err(row)], marker="o", capsize=3, linestyle="none",
+                    label=f"{row.setting} ({row.model})" if len(models_of(rows)) > 1 else row.setting)
+    ax.set_xscale("log")
+    ax.set_xlabel(x_label)
+    return _finish(fig, ax, rows, path, title)
+
+
+def _finish(fig, ax, rows: list[Row], path: str | Path, title: str) -> Path:
+    """The chance line, labels and legend; the file written atomically."""
     chances = [r.chance for r in rows if r.chance is not None]
     if chances:
         ax.axhline(100 * max(chances), color="grey", linestyle=":", label="majority class")

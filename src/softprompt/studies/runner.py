@@ -18,7 +18,6 @@ from ..files import write_text_atomic
 from .base import Study
 from .config import Budget, StudyConfig, saved_form
 from .folder import PLOT_FILE, TABLE_FILE, StudyFolder
-from .plot import plot_rows
 from .registry import get_study
 from .summary import budget_line
 from .verdicts import FINDINGS
@@ -67,7 +66,7 @@ def write_outputs(study: Study, folder: StudyFolder) -> tuple[Path, Path]:
     rows = study.rows(records)
     table = folder.path / TABLE_FILE
     write_text_atomic(table, study_markdown(study, folder, records) + "\n")
-    plot = plot_rows(rows, folder.path / PLOT_FILE, f"{study.name}: {folder.saved_config()['task']}", study.x_label)
+    plot = study.plot(rows, folder.path / PLOT_FILE, f"{study.name}: {folder.saved_config()['task']}")
     return table, plot
 
 

@@ -55,6 +55,9 @@ FINDINGS: dict[str, Finding] = {
                          "robust to all choices.", "§3.3, Figure 3(c, d)"),
     "scale": Finding("Scale: prompt tuning approaches model tuning as the model grows and matches it at XXL (11B).",
                      "§4, Figure 1"),
+    "methods": Finding("Task-specific parameters = p x d_model: T5-Base p=100 is 76,800 (0.031% of 248M); XXL p=100 is "
+                       "409,600; Figure 4 puts prompt tuning below every other tuning method it shows. Scale: prompt tuning "
+                       "approaches model tuning as the model grows and matches it at XXL (11B).", "§4, Figures 1 and 4"),
 }
 
 

@@ -1,0 +1,247 @@
+"""PEFT's methods (prefix tuning, P-tuning, LoRA, IA³) trained under a study's budget, for the `methods` study.
+
+PEFT is imported here and nowhere in the core. LoRA and IA³ inject modules into the Hugging Face
+model, so the injected model stays behind softprompt's own adapter wearing an empty (p = 0) prompt:
+the loss, the batches and rank classification are softprompt's (`PromptedModel`, `softprompt.data`,
+`softprompt.evaluate`). Prefix tuning and P-tuning change the forward pass itself (keys and values
+per layer, a prompt encoder), so they run through PeftModel: `peft_nll` takes each example's target
+NLL from its logits and `peft_rank_scores` ranks candidates by their summed log-probability. Both
+pad on the right, so the virtual tokens sit directly before the real ones without position ids
+(which PEFT drops for P-tuning); a decoder-only tokenizer's BOS follows the virtual tokens.
+
+Every PEFT method trains with AdamW at a constant rate, as PEFT's examples do. There is no mid-run
+checkpoint: an interrupted point trains again from step 0 (finished points are skipped).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import IA3Config, LoraConfig, PeftModel, PrefixTuningConfig, PromptEncoderConfig, TaskType, get_peft_model
+from peft.utils.constants import (
+    TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING,
+)
+
+from ..backbones import Backbone, BackboneSpec, label_nll, load_backbone
+from ..backbones.base import pad
+from ..config import PromptConfig, TrainConfig
+from ..data import BatchStream, Features, collate, encode_all
+from ..device import to_device
+from ..errors import SoftpromptError
+from ..evaluate import best_candidate, evaluate
+from ..files import write_json_atomic
+from ..model import PromptedModel, prompt_metadata
+from ..run import seed_everything
+from ..tasks import Example, Task, load_task, require_examples, resolve_data_dir
+
+RESULT_FILE, ADAPTER_DIR = "result.json", "adapter"
+
+
+@dataclass(frozen=True)
+class Method:
+    """One PEFT method as the study trains it: its table label, run-directory name and AdamW rate."""
+
+    name: str
+    key: str
+    lr: float
+    prompt_learning: bool  # runs through PeftModel's own forward (virtual tokens), not softprompt's adapter
+
+    def peft_config(self, backbone: Backbone, virtual_tokens: int):
+        task_type = TaskType.SEQ_2_SEQ_LM if backbone.kind == "encoder-decoder" else TaskType.CAUSAL_LM
+        if self.key == "prefix":
+            return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=virtual_tokens)
+        if self.key == "ptuning":
+            return PromptEncoderConfig(task_type=task_type, num_virtual_tokens=virtual_tokens)
+        if self.key == "lora":
+            return LoraConfig(task_type=task_type, r=8, lora_alpha=16, lora_dropout=0.1)
+        return IA3Config(task_type=task_type)
+
+
+# Rates in the range PEFT's examples use for each method (AdamW, no schedule here: constant like the paper's).
+PEFT_METHODS = (Method("prefix tuning", "prefix", 1e-2, True), Method("P-tuning", "ptuning", 1e-3, True),
+                Method("LoRA", "lora", 1e-3, False), Method("IA³", "ia3", 3e-3, False))
+
+
+def check_backbone(backbone: Backbone, methods: Sequence[Method], virtual_tokens: int) -> None:
+    """Refuse a backbone PEFT has no default LoRA / IA³ modules for, or too short for the virtual tokens."""
+    model_type = backbone.model.config.model_type
+    for name, mapping in (("LoRA", TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING),
+                          ("IA³", TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING)):
+        if any(m.name == name for m in methods) and model_type not in mapping:
+            raise SoftpromptError(f"study methods: PEFT has no default {name} target modules for model type {model_type!r} "
+                                  f"({backbone.name}); use a T5, GPT-2, Llama or another architecture PEFT knows")
+    backbone.input_budget(virtual_tokens, 512, 16)
+
+
+@dataclass(frozen=True)
+class PeftRun:
+    """What one PEFT point trains: the method, backbone, task, budget and seed."""
+
+    method: Method
+    model: str
+    task: str
+    output: Path
+    steps: int
+    batch_size: int
+    eval_every: int
+    seed: int
+    virtual_tokens: int
+    device: str = "auto"
+    data_dir: str | None = None
+    max_input_length: int = 512
+    max_target_length: int = 16
+    eval_batch_size: int = 64
+
+    def describe(self) -> dict[str, Any]:
+        """The record's account of the run (the `config` of a softprompt point)."""
+        return {"method": self.method.name, "optimizer": "AdamW", "lr": self.method.lr, "steps": self.steps,
+                "batch_size": self.batch_size, "eval_every": self.eval_every, "seed": self.seed, "output": str(self.output),
+                "virtual_tokens": self.virtual_tokens if self.method.prompt_learning else None}
+
+
+def tuned_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def stored_parameters(peft_model: PeftModel) -> int:
+    """What inference keeps: PEFT's saved adapter, where P-tuning's prompt encoder is folded into its virtual tokens."""
+    config = peft_model.active_peft_config
+    if config.peft_type.value == "P_TUNING":
+        return config.num_virtual_tokens * config.num_transformer_submodules * config.token_dim
+    return tuned_parameters(peft_model)
+
+
+# ---- PeftModel's own forward: batches, per-example NLL, rank scores ------------------------------
+def pair_batch(backbone: Backbone, inputs: Sequence[list[int]], targets: Sequence[list[int]]) -> dict[str, torch.Tensor]:
+    """Right-padded tensors: encoder-decoder inputs and labels apart; decoder-only [BOS; X; Y] with labels on Y only."""
+    if backbone.kind == "encoder-decoder":
+        return {"input_ids": pad(inputs, backbone.tokenizer.pad_token_id, left=False),
+                "attention_mask": pad([[1] * len(i) for i in inputs], 0, left=False), "labels": pad(targets, -100, left=False)}
+    bos = [backbone.bos_id] if backbone.bos_id is not None else []
+    sequences = [bos + i + t for i, t in zip(inputs, targets)]
+    return {"input_ids": pad(sequences, backbone.tokenizer.pad_token_id, left=False),
+            "attention_mask": pad([[1] * len(s) for s in sequences], 0, left=False),
+            "labels": pad([[-100] * (len(bos) + len(i)) + t for i, t in zip(inputs, targets)], -100, left=False)}
+
+
+def peft_nll(peft_model: PeftModel, kind: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example target NLL sums and token counts, (b,) each, through PeftModel's forward."""
+    labels = batch["labels"]
+    if kind == "encoder-decoder":
+        logits = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).logits
+        return label_nll(logits, labels)  # (b, m, V) against (b, m)
+    # Position t predicts token t + 1: only the columns before some label need the output layer.
+    predict = (labels[:, 1:] != -100).any(0).nonzero().squeeze(1)  # (k,)
+    config = peft_model.active_peft_config
+    shift = config.num_virtual_tokens if config.peft_type.value != "PREFIX_TUNING" else 0  # P-tuning's tokens come first
+    logits = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        logits_to_keep=predict + shift).logits  # (b, k, V)
+    return label_nll(logits, labels[:, 1:][:, predict])
+
+
+@torch.no_grad()
+def peft_rank_scores(peft_model: PeftModel, backbone: Backbone, inputs: Sequence[list[int]],
+                     candidates: Sequence[Sequence[list[int]]], batch_size: int) -> list[list[float]]:
+    """Each example's candidate log-likelihoods (sum over target tokens); pairs run in length order, so little is padded."""
+    pairs = sorted(((i, j, c) for i, options in enumerate(candidates) for j, c in enumerate(options)),
+                   key=lambda pair: len(inputs[pair[0]]) + len(pair[2]))
+    scores = [[0.0] * len(options) for options in candidates]
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        batch = to_device(pair_batch(backbone, [inputs[i] for i, _, _ in chunk], [c for _, _, c in chunk]), backbone.device)
+        nll, _ = peft_nll(peft_model, backbone.kind, batch)
+        for (i, j, _), value in zip(chunk, (-nll).tolist()):
+            scores[i][j] = value
+    return scores
+
+
+def peft_evaluate(peft_model: PeftModel, backbone: Backbone, task: Task, features: list[Features], examples: list[Example],
+                  max_target_length: int, batch_size: int) -> dict[str, float]:
+    """Rank classification over each example's candidates, scored by the task's metric."""
+    options = [[backbone.target_ids(c, max_target_length) for c in e.candidates] for e in examples]
+    scores = peft_rank_scores(peft_model, backbone, [f.input_ids for f in features], options, batch_size)
+    return task.metric([best_candidate(e.candidates, row) for e, row in zip(examples, scores)], examples)
+
+
+def _plain(value: Any) -> Any:
+    """JSON for what PEFT's config dicts hold besides plain values (sets of module names, enums)."""
+    return sorted(value) if isinstance(value, (set, frozenset)) else str(value)
+
+
+# ---- training --------------------------------------------------------------------------------
+def build(run: PeftRun, task: Task) -> tuple[Backbone, PeftModel, PromptedModel]:
+    """The backbone with the method applied, and softprompt's model over it with an empty prompt for `task`."""
+    backbone = load_backbone(BackboneSpec(run.model, "fp32", run.device))
+    virtual = run.virtual_tokens if run.method.prompt_learning else 0
+    max_input = backbone.input_budget(virtual, run.max_input_length, run.max_target_length)
+    peft_model = get_peft_model(backbone.model, run.method.peft_config(backbone, run.virtual_tokens))
+    prompted = PromptedModel(backbone)  # LoRA / IA³ modules live inside backbone.model; p = 0
+    config = TrainConfig(task=task.name, model=run.model, output=str(run.output), prompt=PromptConfig(length=1),
+                         max_input_length=max_input, max_target_length=run.max_target_length)
+    prompted.add_prompt(task.name, torch.zeros(0, backbone.width), replace(prompt_metadata(config, task, backbone, "none"), length=0))
+    return backbone, peft_model, prompted
+
+
+def train_peft(run: PeftRun, dev_examples: list[Example]) -> dict[str, Any]:
+    """Train one PEFT point (or read its finished result) and return its record's metrics."""
+    if (run.output / RESULT_FILE).is_file():
+        return json.loads((run.output / RESULT_FILE).read_text(encoding="utf-8"))
+    task = load_task(run.task)
+    data_dir = resolve_data_dir(run.data_dir)
+    train_examples = require_examples(task, "train", data_dir, task.load("train", data_dir))
+    seed_everything(run.seed)
+    backbone, peft_model, prompted = build(run, task)
+    record = prompted.bank[task.name]
+    features = encode_all(backbone, task.name, record, train_examples, f"{task.name} train")
+    dev = encode_all(backbone, task.name, record, dev_examples, f"{task.name} validation", with_target=False)
+    stream = BatchStream(features, run.batch_size, run.seed, group_by_length=True)
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=run.method.lr)
+
+    def loss_of(batch_features: list[Features]) -> torch.Tensor:
+        if not run.method.prompt_learning:
+            return prompted(to_device(collate(backbone, batch_features), backbone.device))
+        batch = pair_batch(backbone, [f.input_ids for f in batch_features], [f.target_ids for f in batch_features])
+        nll, count = peft_nll(peft_model, backbone.kind, to_device(batch, backbone.device))
+        return nll.sum() / count.sum().clamp(min=1)
+
+    def dev_metrics() -> dict[str, float]:
+        peft_model.eval()
+        if run.method.prompt_learning:
+            metrics = peft_evaluate(peft_model, backbone, task, dev, dev_examples, run.max_target_length, run.eval_batch_size)
+        else:
+            metrics = evaluate(prompted, task, dev_examples, task.name, "rank", run.eval_batch_size)
+        peft_model.train()
+        return metrics
+
+    best: dict[str, float] = {}
+    best_step, started = -1, time.perf_counter()
+    peft_model.train()
+    for step in range(1, run.steps + 1):
+        loss = loss_of(stream.next())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % run.eval_every == 0 or step == run.steps:
+            metrics = dev_metrics()
+            if not best or next(iter(metrics.values())) > next(iter(best.values())):
+                best, best_step = metrics, step
+                peft_model.save_pretrained(run.output / ADAPTER_DIR)
+    if not best:  # zero steps: the untrained method
+        best, best_step = dev_metrics(), 0
+    seconds = time.perf_counter() - started
+    metric, score = next(iter(best.items()))
+    result = {"metric": metric, "score": score, "metrics": best, "steps": run.steps, "best_step": best_step,
+              "seconds": round(seconds, 1), "parameters": sum(p.numel() for p in backbone.model.parameters() if not p.requires_grad),
+              "tuned_parameters": tuned_parameters(peft_model), "stored_parameters": stored_parameters(peft_model),
+              "peft": run.describe(), "peft_config": json.loads(json.dumps(peft_model.active_peft_config.to_dict(), default=_plain))}
+    run.output.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run.output / RESULT_FILE, result)
+    return result

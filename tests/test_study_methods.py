@@ -1,0 +1,166 @@
+"""The `methods` study on tiny backbones: every method trains and is scored, counts match a direct count, the PEFT
+rank scorer matches a brute-force computation, verdicts follow the numbers, bad input is one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PrefixTuningConfig, PromptEncoderConfig, TaskType, get_peft_model
+
+from conftest import tiny_backbone
+from softprompt.backbones import adapter_for
+from softprompt.cli import main
+from softprompt.studies import STUDIES
+from softprompt.studies.methods import SETTINGS, PeakMemory, parameter_verdict
+from softprompt.studies.peft_runs import peft_rank_scores
+from softprompt.studies.summary import Row
+from softprompt.studies.verdicts import NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED
+
+torch.set_num_threads(1)
+P = 100  # the study's prompt length and virtual tokens (PromptConfig's default)
+
+
+@pytest.fixture(autouse=True)
+def data(monkeypatch, data_dir):
+    monkeypatch.setenv("SOFTPROMPT_DATA_DIR", str(data_dir))
+
+
+@pytest.fixture(scope="module", params=["t5", "gpt2", "llama"])
+def saved(request, tmp_path_factory) -> tuple[str, Path]:
+    path = tmp_path_factory.mktemp(f"tiny-{request.param}")
+    model, tokenizer = tiny_backbone(request.param)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return request.param, path
+
+
+def run(capsys, root: Path, *args) -> tuple[int, str, str]:
+    code = main(["study", "methods", "--output", str(root), "--max-steps", "2", "--eval-examples", "8", "--seeds", "1",
+                 "--quiet", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def direct_counts(kind: str) -> dict[str, int]:
+    """Each method's trained parameters, counted from the backbone's own modules and config (not from PEFT)."""
+    model, _ = tiny_backbone(kind)
+    config, modules = model.config, dict(model.named_modules())
+    width = model.get_input_embeddings().weight.shape[1]
+
+    def dims(name: str) -> tuple[int, int]:  # (in, out) of a Linear or GPT-2's Conv1D (weight stored (in, out))
+        weight = modules[name].weight
+        return (weight.shape[1], weight.shape[0]) if isinstance(modules[name], torch.nn.Linear) else tuple(weight.shape)
+
+    def named(*suffixes: str) -> list[str]:
+        return [n for n in modules if n.split(".")[-1] in suffixes or any(n.endswith("." + s) for s in suffixes if "." in s)]
+
+    lora_targets, ia3_out, ia3_in = {"t5": (("q", "v"), ("k", "v"), ("wo",)), "gpt2": (("c_attn",), ("c_attn",), ("mlp.c_proj",)),
+                                     "llama": (("q_proj", "v_proj"), ("k_proj", "v_proj"), ("down_proj",))}[kind]
+    lora = sum(8 * sum(dims(n)) for n in named(*lora_targets))
+    ia3 = sum(dims(n)[1] for n in named(*ia3_out)) + sum(dims(n)[0] for n in named(*ia3_in))
+    layers = getattr(config, "num_layers", None) or config.num_hidden_layers
+    heads = getattr(config, "num_key_value_heads", None) or getattr(config, "num_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "d_kv", None) or width // config.num_attention_heads
+    return {"prompt tuning": P * width, "LoRA": lora, "IA³": ia3, "prefix tuning": P * layers * 2 * heads * head_dim,
+            "model tuning": sum(p.numel() for p in model.parameters()),
+            "P-tuning kept": P * (2 if kind == "t5" else 1) * width}
+
+
+def test_methods_study_trains_every_method_and_counts_its_parameters(capsys, tmp_path, saved):
+    kind, path = saved
+    code, out, err = run(capsys, tmp_path, "--model", path, "--task", "cb")
+    assert code == 0, err
+    assert json.loads(out)["ran"] == 6
+    rows = [json.loads(line) for line in (tmp_path / "methods" / "results.jsonl").read_text().splitlines()]
+    assert [r["setting"] for r in rows] == list(SETTINGS)
+    by = {r["setting"]: r for r in rows}
+    counts = direct_counts(kind)
+    for setting in ("prompt tuning", "LoRA", "IA³", "prefix tuning", "model tuning"):
+        assert by[setting]["tuned_parameters"] == counts[setting], setting
+    assert by["P-tuning"]["stored_parameters"] == counts["P-tuning kept"] < by["P-tuning"]["tuned_parameters"]
+    assert all(r["parameters"] == counts["model tuning"] for r in rows)  # the backbone alone, without injected modules
+    for r in rows:
+        assert r["metric"] == "f1_macro" and 0 <= r["score"] <= 1 and r["chance"] is not None and r["x"] == r["tuned_parameters"]
+        assert r["steps"] == 2 and r["seconds"] >= 0 and r["peak_memory_mb"] is not None
+        assert r["optimizer"] == ("AdamW" if r.get("peft") else "Adafactor")
+    for key in ("prefix", "ptuning", "lora", "ia3"):
+        assert (tmp_path / "methods" / "runs" / path.name / key / "seed0" / "adapter" / "adapter_config.json").is_file()
+    table = (tmp_path / "methods" / "table.md").read_text()
+    assert all(f"| {s} |" in table for s in SETTINGS) and "Figure 4" in table and "(parameters)" in table
+    assert (tmp_path / "methods" / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, out, _ = run(capsys, tmp_path, "--model", path, "--task", "cb")
+    assert code == 0 and json.loads(out)["ran"] == 0
+
+
+@pytest.mark.parametrize("kind", ["t5", "gpt2", "llama"])
+@pytest.mark.parametrize("method", ["prefix", "ptuning"])
+def test_peft_rank_scorer_matches_brute_force(kind, method):
+    backbone = adapter_for(*tiny_backbone(kind), name=f"tiny-{kind}")
+    task_type = TaskType.SEQ_2_SEQ_LM if kind == "t5" else TaskType.CAUSAL_LM
+    config = (PrefixTuningConfig if method == "prefix" else PromptEncoderConfig)(task_type=task_type, num_virtual_tokens=3)
+    peft_model = get_peft_model(backbone.model, config).eval()
+    with torch.no_grad():  # move the virtual tokens off their initialisation, so they matter
+        for p in peft_model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p))
+    inputs = [backbone.input_ids(t, 64) for t in ("a short one", "a somewhat longer input sentence here", "mid length text")]
+    candidates = [[backbone.target_ids(c, 16) for c in ("perhaps not at all", "yes", "no")] for _ in inputs]
+    batched = peft_rank_scores(peft_model, backbone, inputs, candidates, batch_size=4)  # pairs of mixed lengths per batch
+
+    def brute(inp: list[int], cand: list[int]) -> float:
+        with torch.no_grad():
+            if kind == "t5":
+                start = [backbone.model.config.decoder_start_token_id]
+                logits = peft_model(input_ids=torch.tensor([inp]), attention_mask=torch.ones(1, len(inp), dtype=torch.long),
+                                    decoder_input_ids=torch.tensor([start + cand[:-1]])).logits[0]
+                offset = 0
+            else:
+                prefix = ([backbone.bos_id] if backbone.bos_id is not None else []) + inp
+                full = prefix + cand
+                logits = peft_model(input_ids=torch.tensor([full]), attention_mask=torch.ones(1, len(full), dtype=torch.long)).logits[0]
+                logits, offset = logits[-len(full):], len(prefix) - 1
+            logp = torch.log_softmax(logits.double(), -1)
+            return float(sum(logp[offset + j, tok] for j, tok in enumerate(cand)))
+
+    expected = [[brute(i, c) for c in options] for i, options in zip(inputs, candidates)]
+    assert torch.allclose(torch.tensor(batched), torch.tensor(expected, dtype=torch.float32), atol=1e-3), (batched, expected)
+
+
+def test_methods_refuses_several_backbones_and_label_free_tasks(capsys, tmp_path):
+    model, tokenizer = tiny_backbone("t5")
+    path = tmp_path / "tiny"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    for args, needle in ((("--model", path, "--model", path, "--task", "cb"), "one backbone"),
+                         (("--model", path, "--task", "squad"), "has none")):
+        code, _, err = run(capsys, tmp_path / "out", *args)
+        lines = [line for line in err.splitlines() if line.startswith("softprompt: error:")]
+        assert code == 2 and len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
+        assert not (tmp_path / "out").exists()
+
+
+def rows(counts: dict[str, int], means: dict[str, float]) -> list[Row]:
+    return [Row("m", s, "accuracy", (means.get(s, 0.7) - 0.01, means.get(s, 0.7) + 0.01), chance=0.5, parameters=10**6,
+                tuned_parameters=counts[s]) for s in counts]
+
+
+def test_verdicts_follow_the_counts_and_the_scores():
+    counts = {"prompt tuning": 100, "prefix tuning": 900, "P-tuning": 500, "LoRA": 3000, "IA³": 400, "model tuning": 10**6}
+    assert parameter_verdict(rows(counts, {}), "m").label == REPRODUCED
+    assert parameter_verdict(rows({**counts, "IA³": 50}, {}), "m").label == NOT_REPRODUCED
+    assert parameter_verdict(rows({k: v for k, v in counts.items() if k != "LoRA"}, {}), "m").label == NOT_TESTABLE
+    study = STUDIES["methods"]
+    assert study.verdict(rows(counts, {"model tuning": 0.9, "prompt tuning": 0.7}), "m").label == REPRODUCED
+    assert study.verdict(rows(counts, {"model tuning": 0.7, "prompt tuning": 0.7}), "m").label == NOT_REPRODUCED
+    at_chance = {s: 0.5 for s in counts}
+    assert study.verdict(rows(counts, at_chance), "m").label == NOT_TESTABLE
+
+
+def test_peak_memory_sees_an_allocation():
+    with PeakMemory(torch.device("cpu")) as memory:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        del block
+    assert memory.how and memory.mb >= 60

@@ -119,6 +119,17 @@ def legacy_fingerprint(embeddings: torch.Tensor) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
+def _contiguous_input(module, args):
+    """The output layer's input made contiguous before the vocabulary projection.
+
+    `logits_to_keep` hands the head a slice of the hidden states; on a CPU in bf16, a linear layer
+    over that non-contiguous (b, k, e) slice falls back to a batched matmul that copies the
+    (V, e) weight per example (SmolLM2, batch 16, one thread: a training step 7.4 s, against 3.4 s
+    with the contiguous input; fp32 unchanged at 4.2 s).
+    """
+    return (args[0].contiguous(), *args[1:])
+
+
 class Backbone(ABC):
     """A frozen model and its tokenizer; subclasses implement one kind (`kind`)."""
 
@@ -134,6 +145,9 @@ class Backbone(ABC):
         if tokenizer.pad_token_id is None:  # GPT-2 and Llama have no pad token; padding is masked anyway
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = self.padding_side
+        head = model.get_output_embeddings()
+        if head is not None:
+            head.register_forward_pre_hook(_contiguous_input)
         self._fingerprint: tuple[int, str] | None = None  # (embedding version, hash)
 
     # ---- facts -----------------------------------------------------------------------

@@ -83,7 +83,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from .server import ServeConfig, serve
+    from .server import serve
 
     serve(config_from_args(ServeConfig, args))
 

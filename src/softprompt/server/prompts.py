@@ -44,7 +44,7 @@ class PromptDirectory:
         names = []
         for path in prompt_folders(self.root):
             try:
-                names.append(self.load_folder(check_name(path.name)))
+                names.append(self.load_folder(path.name))
             except SoftpromptError as err:
                 raise SoftpromptError(f"prompt folder {path}: {err}") from None
         return names

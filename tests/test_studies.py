@@ -167,9 +167,10 @@ def test_length_verdict_needs_both_claims():
     assert length.verdict(of(0.8, 0.8, 0.8, 0.8, 0.8), "m").label == NOT_REPRODUCED  # one token is as good
 
 
-def test_report_holds_each_study_with_a_computed_verdict(capsys, tmp_path, t5_dir):
+def test_report_holds_each_study_with_a_computed_verdict(capsys, tmp_path, t5_dir, gpt2_dir):
     for name in ("length", "init"):
         assert study(capsys, name, tmp_path, "--model", t5_dir, "--task", "cb")[0] == 0
+    assert study(capsys, "init", tmp_path / "gpt2", "--model", gpt2_dir, "--task", "cb")[0] == 0  # a group: ROOT/GROUP/NAME
     code = main(["report", str(tmp_path)])
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -178,8 +179,9 @@ def test_report_holds_each_study_with_a_computed_verdict(capsys, tmp_path, t5_di
     for name in ("length", "init"):
         assert f"## Study `{name}`" in report and f"({name}/plot.png)" in report
     assert "Verdict rule:" in report and "class label > sampled vocab > random uniform" in report
+    assert "## Study `init` in `gpt2/`" in report and "(gpt2/init/plot.png)" in report and "(#study-init-in-gpt2)" in report
     verdicts = [line for line in report.splitlines() if line.startswith("| [")]
-    assert len(verdicts) == 2 and all(any(v in line for v in (REPRODUCED, NOT_REPRODUCED, NOT_TESTABLE)) for line in verdicts)
+    assert len(verdicts) == 3 and all(any(v in line for v in (REPRODUCED, NOT_REPRODUCED, NOT_TESTABLE)) for line in verdicts)
 
 
 def test_report_on_an_empty_root_is_one_line(capsys, tmp_path):
@@ -256,17 +258,43 @@ def test_neighbors_of_a_saved_prompt_on_a_decoder_only_backbone(capsys, tmp_path
     assert "not testable at this scale" in (tmp_path / "root" / "neighbors" / "table.md").read_text()  # one prompt: no spread
 
 
-def test_transfer_rte_to_cb_prompt_and_model_tuning(capsys, tmp_path, t5_dir):
+def test_transfer_rte_to_cb_and_axb_prompt_and_model_tuning(capsys, tmp_path, t5_dir):
     code, _, err = study(capsys, "transfer", tmp_path, "--model", t5_dir)
     assert code == 0, err
     rows = results(tmp_path, "transfer")
     assert [r["setting"] for r in rows] == ["prompt tuning", "model tuning"] * 2
     for r in rows:
-        assert r["source_task"] == "rte" and r["target_task"] == "cb" and r["metric"] == "accuracy"
-        assert set(r["target_metrics"]) == {"accuracy", "f1_macro"} and r["source_metric"] == "accuracy"
+        assert r["source_task"] == "rte" and set(r["targets"]) == {"cb", "axb"} and r["source_metric"] == "accuracy"
+        assert set(r["targets"]["cb"]["metrics"]) == {"accuracy", "f1_macro"} and r["targets"]["axb"]["metric"] == "mcc"
     assert rows[1]["config"]["tune"] == "model" and rows[1]["config"]["prompt"]["length"] == 0
     assert (Path(rows[1]["config"]["output"]) / "backbone" / "config.json").is_file()
-    assert json.loads((tmp_path / "transfer" / "study.json").read_text())["label_map"]["neutral"] == "not_entailment"
+    saved_study = json.loads((tmp_path / "transfer" / "study.json").read_text())
+    assert saved_study["target_task"] == "cb,axb" and saved_study["label_map"]["cb"]["neutral"] == "not_entailment"
+    table = (tmp_path / "transfer" / "table.md").read_text()
+    assert "| prompt tuning -> cb |" in table and "| model tuning -> axb | mcc |" in table
+
+
+def test_transfer_squad_dev_split_to_the_mrqa_sets_by_f1(capsys, tmp_path, t5_dir):
+    code, _, err = study(capsys, "transfer", tmp_path, "--model", t5_dir, "--task", "squad-dev-split", "--seeds", "1")
+    assert code == 0, err
+    rows = results(tmp_path, "transfer")
+    assert [r["setting"] for r in rows] == ["prompt tuning", "model tuning"] and rows[0]["source_metric"] == "f1"
+    assert sorted(rows[0]["targets"]) == ["mrqa-drop", "mrqa-duorc", "mrqa-relationextraction"]  # the three sets present
+    assert all(t["metric"] == "f1" and set(t["metrics"]) == {"f1", "em"} and t["chance"] == 0.0
+               for t in rows[0]["targets"].values())
+    table = (tmp_path / "transfer" / "table.md").read_text()
+    assert "first 40 articles (8,981 questions)" in table and "| prompt tuning -> mrqa-drop | f1 |" in table
+    assert "not testable at this scale" in table  # one seed: no spread
+
+
+@pytest.mark.parametrize("args, needle", [(["--task", "squad-dev-split", "--target-task", "cb"], "is a classification task"),
+                                          (["--task", "squad-dev-split", "--label-map", "a=b"], "source task squad-dev-split has none"),
+                                          (["--task", "cb"], "no default target for task cb"),
+                                          (["--target-task", "sst2"], "no built-in label map from rte to sst2")])
+def test_transfer_refuses_a_target_the_source_cannot_be_read_as(capsys, tmp_path, t5_dir, args, needle):
+    code, _, err = study(capsys, "transfer", tmp_path, "--model", t5_dir, *args)
+    one_error_line(code, err, needle)
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("label_map, needle", [("entailment=entailment,contradiction=not_entailment,maybe=not_entailment", "'maybe'"),

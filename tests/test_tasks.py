@@ -21,8 +21,10 @@ from softprompt.tasks import (
     Task,
     custom_task,
     get_task,
+    label_map_for,
     load_examples,
     load_mrqa,
+    mapped_task,
     require_examples,
     resolve_data_dir,
 )
@@ -70,6 +72,10 @@ OFFICIAL_COUNTS = [
     ("wsc", "train", 259),  # 554 rows, of which the 259 correct-referent ones are kept for training
     ("multirc", "validation", 4848),  # answer options
     ("mrqa-relationextraction", "validation", 2948),
+    ("axb", "validation", 1104),
+    ("axg", "validation", 356),
+    ("squad-dev-split", "train", 8981),  # the first 40 of dev-v1.1.json's 48 articles
+    ("squad-dev-split", "validation", 1589),  # the last 8
 ]
 
 
@@ -97,6 +103,7 @@ FIRST_VALIDATION_INPUTS = {
     "could take his claim away from *him* .",
     "mrqa-relationextraction": "question: Why did Ray Eberle die? context: Ray Eberle died of a heart attack in "
     "Douglasville, Georgia on August 25, 1979, aged 60.",
+    "axb": "hypothesis: The cat did not sit on the mat. premise: The cat sat on the mat.",
 }
 
 
@@ -331,6 +338,27 @@ def test_squad_reads_the_official_v11_json(tmp_path):
     assert second.target == "The cat" and first.candidates == ()
     with pytest.raises(SoftpromptError, match="no test split"):
         get_task("squad").load("test", tmp_path)
+
+
+def test_squad_dev_split_cuts_the_dev_file_by_article(data_dir):
+    train, validation = (load("squad-dev-split", split, data_dir) for split in ("train", "validation"))
+    dev = load("squad", "validation", data_dir)
+    assert [e.input for e in train + validation] == [e.input for e in dev]
+    contexts = lambda examples: {e.input.split(" context: ", 1)[1] for e in examples}  # noqa: E731
+    assert not contexts(train) & contexts(validation)
+    with pytest.raises(SoftpromptError, match="dev-v1.1.json: squad-dev-split has train and validation splits, not test"):
+        load("squad-dev-split", "test", data_dir)
+
+
+def test_axb_is_scored_by_matthews_correlation_and_reads_as_rte_with_its_own_metric(data_dir):
+    task = get_task("AX-b")
+    examples = load("axb", "validation", data_dir)[:40]
+    scores = task.metric(["entailment"] * len(examples), examples)
+    assert scores["mcc"] == 0.0 and 0 < scores["accuracy"] < 1
+    mapped = mapped_task(task, label_map_for("rte", task), ("entailment", "not_entailment"))
+    assert list(mapped.metric([e.target for e in examples], examples)) == ["mcc", "accuracy"]
+    with pytest.raises(SoftpromptError, match="AX-b: this task has no train split"):
+        task.load("train", data_dir)
 
 
 def test_squad_names_the_json_path_of_a_missing_field(tmp_path):

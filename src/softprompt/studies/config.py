@@ -30,7 +30,7 @@ class StudyConfig:
     quick: bool = setting(False, "the CPU budget: one study on the packaged T5 in at most 30 minutes on 2 cores")
     device: str = setting("auto", "auto, cpu, cuda, cuda:1 ...")
     prompt: tuple[str, ...] = setting((), "neighbors: also analyse this saved prompt directory; repeatable", repeat=True)
-    target_task: str | None = setting(None, "transfer: the task scored zero-shot (default: cb for rte, qqp for mrpc)")
+    target_task: str | None = setting(None, "transfer: the task(s) scored zero-shot, comma-separated (default: cb,axb for rte; qqp for mrpc; the MRQA sets present for squad, squad-dev-split)")
     label_map: str | None = setting(None, "transfer: TARGET_LABEL=SOURCE_LABEL,... (default: the built-in map)")
 
     def __post_init__(self) -> None:

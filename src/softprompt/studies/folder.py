@@ -90,8 +90,17 @@ class StudyFolder:
 
 
 def study_folders(root: str | os.PathLike) -> list[StudyFolder]:
-    """Every study under ROOT that has a results file, by name."""
+    """Every study under ROOT that has a results file: ROOT/NAME, then ROOT/GROUP/NAME.
+
+    A group is another `--output` inside ROOT (report/smollm2 for the studies rerun on a second
+    backbone), so one report holds both without their configs clashing in one folder.
+    """
     root = Path(root)
     if not root.is_dir():
         raise SoftpromptError(f"{root}: no such folder; give the --output ROOT of `softprompt study`")
-    return [StudyFolder(root, p.name) for p in sorted(root.iterdir()) if (p / RESULTS_FILE).is_file() and (p / STUDY_FILE).is_file()]
+
+    def studies_in(folder: Path) -> list[StudyFolder]:
+        return [StudyFolder(folder, p.name) for p in sorted(folder.iterdir()) if (p / RESULTS_FILE).is_file() and (p / STUDY_FILE).is_file()]
+
+    groups = [p for p in sorted(root.iterdir()) if p.is_dir() and not (p / STUDY_FILE).is_file()]
+    return studies_in(root) + [folder for group in groups for folder in studies_in(group)]

@@ -70,12 +70,13 @@ def write_outputs(study: Study, folder: StudyFolder) -> tuple[Path, Path]:
     return table, plot
 
 
-def study_markdown(study: Study, folder: StudyFolder, records: list[dict[str, Any]] | None = None, heading: str = "#") -> str:
-    """The study's table with its budget, any study-specific sections, and its verdict per backbone."""
+def study_markdown(study: Study, folder: StudyFolder, records: list[dict[str, Any]] | None = None, heading: str = "#",
+                   where: str = "") -> str:
+    """The study's table with its budget, any study-specific sections, and its verdict per backbone; `where` ends the title."""
     records = folder.results() if records is None else records
     saved = folder.saved_config()
     rows = study.rows(records)
-    lines = [f"{heading} Study `{study.name}`", "", budget_line(Budget(**saved["budget"]), saved["task"], saved["model"]), "",
+    lines = [f"{heading} Study `{study.name}`{where}", "", budget_line(Budget(**saved["budget"]), saved["task"], saved["model"]), "",
              study.table(rows, records), ""]
     extra = study.sections(records)
     if extra:

@@ -12,7 +12,7 @@ import string
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from softprompt.errors import SoftpromptError
 from softprompt.tasks.base import Example, Metric
@@ -64,6 +64,12 @@ def accuracy_and_macro_f1(labels: Sequence[str]) -> Metric:
         return {"accuracy": scores["accuracy"], "f1_macro": scores["f1_macro"]}
 
     return metric
+
+
+def matthews_and_accuracy(predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, float]:
+    """Matthews correlation (SuperGLUE's AX-b score; an illegal prediction is its own wrong class), then accuracy."""
+    preds, targets = _pair(predictions, examples)
+    return {"mcc": float(matthews_corrcoef(targets, preds)), "accuracy": float(accuracy_score(targets, preds))}
 
 
 def multirc_f1a_em(predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, float]:

@@ -1,5 +1,8 @@
 """Extractive QA: SQuAD v1.1 (squad/{train,dev}-v1.1.json) and MRQA 2019 JSONL sets (mrqa/<Name>.jsonl).
 
+`squad-dev-split` trains and selects on two fixed parts of the dev file, for data directories
+(like ../shared/data) that hold no SQuAD train file.
+
 Both become "question: {q} context: {c}" -> the first gold answer, scored with SQuAD EM/F1
 against all gold answers. MRQA's out-of-domain sets are the paper's zero-shot transfer targets.
 """
@@ -46,16 +49,19 @@ def squad_file(root: Path, split: str) -> Path:
     return split_file(root, "squad", SQUAD_FILES, split)
 
 
-def squad_question_records(root: Path, split: str) -> Iterator[Record]:
-    """Flattens SQuAD's data -> paragraphs -> qas into one record per question."""
-    document = read_json(squad_file(root, split))
-    for article in document.children("data"):
+def article_questions(articles: list[Record]) -> Iterator[Record]:
+    """Flattens SQuAD's articles -> paragraphs -> qas into one record per question."""
+    for article in articles:
         for paragraph in article.children("paragraphs"):
             context = paragraph.text("context")
             for qa in paragraph.children("qas"):
                 answers = [answer.text("text") for answer in qa.children("answers")]
                 fields = {"question": qa.text("question"), "context": context, "answers": answers}
                 yield Record(fields, qa.where, qa.prefix)
+
+
+def squad_question_records(root: Path, split: str) -> Iterator[Record]:
+    return article_questions(read_json(squad_file(root, split)).children("data"))
 
 
 def squad_hub_row(row: dict) -> dict:
@@ -72,6 +78,30 @@ def load_squad(split: str, data_dir: str | os.PathLike | None = None) -> list[Ex
 
 
 SQUAD = Task(name="squad", load=load_squad, metric=squad_f1_em, source=source_of(squad_file, SQUAD_HUB))
+
+
+# SQuAD v1.1 dev has 48 articles (10,570 questions): the first 40 (8,981) train, the last 8 (1,589) select.
+DEV_SPLIT_TRAIN_ARTICLES = 40
+
+
+def dev_split_records(root: Path, split: str) -> Iterator[Record]:
+    """`squad-dev-split`: SQuAD's dev file cut by article, for a data directory without the train file.
+
+    Cutting by article keeps every context on one side, so selection never sees a training paragraph.
+    """
+    if split not in ("train", "validation"):
+        raise SoftpromptError(f"{squad_file(root, 'validation')}: squad-dev-split has train and validation splits, not {split}")
+    articles = read_json(squad_file(root, "validation")).children("data")
+    cut = DEV_SPLIT_TRAIN_ARTICLES
+    return article_questions(articles[:cut] if split == "train" else articles[cut:])
+
+
+def load_squad_dev_split(split: str, data_dir: str | os.PathLike | None = None) -> list[Example]:
+    return [qa_example(record, labelled=True) for record in split_records(split, data_dir, dev_split_records, hub=None)]
+
+
+SQUAD_DEV_SPLIT = Task(name="squad-dev-split", load=load_squad_dev_split, metric=squad_f1_em,
+                       source=source_of(lambda root, split: squad_file(root, "validation"), hub=None))
 
 
 def mrqa_question_records(path: Path) -> Iterator[Record]:
@@ -114,4 +144,4 @@ def mrqa_task(suffix: str, stem: str) -> Task:
     return Task(name=f"mrqa-{suffix}", load=load, metric=squad_f1_em, source=source)
 
 
-QA_TASKS: tuple[Task, ...] = (SQUAD, *(mrqa_task(suffix, stem) for suffix, stem in MRQA_SETS.items()))
+QA_TASKS: tuple[Task, ...] = (SQUAD, SQUAD_DEV_SPLIT, *(mrqa_task(suffix, stem) for suffix, stem in MRQA_SETS.items()))

@@ -48,13 +48,15 @@ def check_split(split: str) -> None:
 class HubSource:
     """A dataset on the hub and how its columns map to the task's record fields.
 
-    `reshape` adapts a row whose columns are nested differently (SQuAD's answers).
+    `reshape` adapts a row whose columns are nested differently (SQuAD's answers); `splits`
+    names a split the hub calls otherwise (SuperGLUE's labelled diagnostics are its "test").
     """
 
     path: str
     config: str | None = None
     rename: Mapping[str, str] = field(default_factory=dict)
     reshape: Callable[[dict], dict] | None = None
+    splits: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -67,7 +69,7 @@ def hub_records(source: HubSource, split: str) -> Iterator[Record]:
     try:
         from datasets import load_dataset
 
-        rows = load_dataset(source.path, source.config, split=split)
+        rows = load_dataset(source.path, source.config, split=source.splits.get(split, split))
     except Exception as e:  # network, auth, unknown config: all are one user-facing failure
         raise SoftpromptError(
             f"cannot load {source.path}/{source.config} ({split}) from the Hugging Face hub: {e}; "

@@ -12,9 +12,16 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from softprompt.tasks.base import Example, Task
+from softprompt.tasks.base import Example, Metric, Task
 from softprompt.tasks.classification import ClassificationSpec, classification_task
-from softprompt.tasks.metrics import accuracy, macro_f1_and_accuracy, multirc_f1a_em, squad_f1_em, wsc_accuracy
+from softprompt.tasks.metrics import (
+    accuracy,
+    macro_f1_and_accuracy,
+    matthews_and_accuracy,
+    multirc_f1a_em,
+    squad_f1_em,
+    wsc_accuracy,
+)
 from softprompt.tasks.records import Record, read_jsonl
 from softprompt.tasks.sources import HubSource, LocalFile, LocalReader, source_of, split_file, split_records
 
@@ -75,11 +82,12 @@ COPA = classification_task(
     )
 )
 
+RTE_LABELS = ("entailment", "not_entailment")
 RTE = classification_task(
     ClassificationSpec(
         name="rte",
         template="hypothesis: {hypothesis} premise: {premise}",
-        labels=("entailment", "not_entailment"),
+        labels=RTE_LABELS,
         metric=accuracy,
         local=superglue_reader("RTE"),
         local_file=superglue_file("RTE"),
@@ -271,4 +279,32 @@ RECORD = Task(
     source=source_of(superglue_file("ReCoRD"), RECORD_HUB),
 )
 
-SUPERGLUE_TASKS: tuple[Task, ...] = (BOOLQ, CB, COPA, MULTIRC, RECORD, RTE, WIC, WSC)
+
+
+def diagnostic_file(folder: str) -> LocalFile:
+    """`superglue/AX-b/AX-b.jsonl`: a diagnostic set is one labelled file, read as the validation split.
+
+    The diagnostics are scored, never trained on (the paper reads AX-b with an RTE prompt), and
+    their labels are in the file, so they are a validation split here; the hub calls it "test".
+    """
+    files = {"validation": f"{folder}.jsonl"}
+    return lambda root, split: split_file(root, f"superglue/{folder}", files, split)
+
+
+def diagnostic_task(name: str, folder: str, template: str, metric: Metric) -> Task:
+    """An RTE-format diagnostic (entailment / not_entailment) scored zero-shot with an RTE prompt."""
+    local = diagnostic_file(folder)
+    return classification_task(
+        ClassificationSpec(
+            name=name, template=template, labels=RTE_LABELS, metric=metric,
+            local=lambda root, split: read_jsonl(local(root, split)), local_file=local,
+            hub=HubSource(SUPERGLUE_HUB, name, splits={"validation": "test"}),
+        )
+    )
+
+
+# AX-b, the broad-coverage diagnostic, is scored by Matthews correlation; AX-g (Winogender) by accuracy.
+AXB = diagnostic_task("axb", "AX-b", "hypothesis: {sentence2} premise: {sentence1}", matthews_and_accuracy)
+AXG = diagnostic_task("axg", "AX-g", "hypothesis: {hypothesis} premise: {premise}", accuracy)
+
+SUPERGLUE_TASKS: tuple[Task, ...] = (AXB, AXG, BOOLQ, CB, COPA, MULTIRC, RECORD, RTE, WIC, WSC)

@@ -16,12 +16,14 @@ from softprompt.tasks.base import Example, Task, task_key
 from softprompt.tasks.metrics import accuracy_and_macro_f1
 
 # (prompt task, evaluated task) -> evaluated task's label -> prompt task's label.
-# SuperGLUE's AX-b diagnostic (entailment / not_entailment) would be ("rte", <its name>) with the
-# identity map, but superglue.py registers no AX-b task, so it has no entry.
+# SuperGLUE's diagnostics AX-b and AX-g share RTE's labels, so an RTE prompt reads them as they are.
+RTE_IDENTITY = {"entailment": "entailment", "not_entailment": "not_entailment"}
 BUILTIN_LABEL_MAPS: dict[tuple[str, str], dict[str, str]] = {
     ("mrpc", "qqp"): {"duplicate": "equivalent", "not_duplicate": "not_equivalent"},
     ("qqp", "mrpc"): {"equivalent": "duplicate", "not_equivalent": "not_duplicate"},
     ("rte", "cb"): {"entailment": "entailment", "contradiction": "not_entailment", "neutral": "not_entailment"},
+    ("rte", "axb"): RTE_IDENTITY,
+    ("rte", "axg"): RTE_IDENTITY,
 }
 
 # QQP read with an MRPC prompt (the paper's zero-shot paraphrase transfer), under its older name.
@@ -87,7 +89,8 @@ def mapped_task(task: Task, mapping: dict[str, str], prompt_labels: Sequence[str
 
     Targets, candidates and answers are rewritten into the prompt's labels; candidates keep only
     the labels the map reaches, in the prompt's order, and the metric (accuracy, then macro-F1)
-    is taken over those. The name stays the task's, so results still say which data was scored.
+    is taken over those; a map that renames nothing keeps the task's own metric (AX-b's
+    Matthews correlation). The name stays the task's, so results still say which data was scored.
     Raises SoftpromptError as check_label_map does.
     """
     prompt_labels = tuple(prompt_labels)
@@ -106,4 +109,5 @@ def mapped_task(task: Task, mapping: dict[str, str], prompt_labels: Sequence[str
     def load(split: str, data_dir: str | os.PathLike | None = None) -> list[Example]:
         return [mapped(example) for example in task.load(split, data_dir)]
 
-    return replace(task, load=load, metric=accuracy_and_macro_f1(reached), labels=prompt_labels)
+    same = all(k == v for k, v in mapping.items()) and reached == tuple(task.labels)
+    return replace(task, load=load, metric=task.metric if same else accuracy_and_macro_f1(reached), labels=prompt_labels)

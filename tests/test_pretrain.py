@@ -36,7 +36,7 @@ from softprompt.pretrain import (
     train_tokenizer,
     write_lineage_card,
 )
-from softprompt.pretrain.checkpoint import STATE_FILE, STATE_FORMAT
+from softprompt.pretrain.checkpoint import STATE_FILE, STATE_FORMAT, read_snapshots
 from softprompt.pretrain.objectives import PrefixLM, SpanCorruption, compute_input_and_target_lengths, random_spans_noise_mask
 from softprompt.pretrain.optimizer import AdamWScale
 from softprompt.pretrain.tokenizer import sentinel_id
@@ -302,6 +302,23 @@ def test_lm_adapt_continues_a_checkpoint(span_run, cache_dir, tmp_path):
     summary = pretrain(tiny_config(objective="lm-adapt", steps=4), cache_dir, tmp_path / "lm", init_from=span_run[0])
     assert summary["complete"] and summary["init_from"] == str(span_run[0])
     assert np.isfinite(summary["val_loss"]) and np.isfinite(summary["encoder_gap"])
+
+
+def test_snapshots_are_kept_beside_the_run_through_checkpoints_and_a_resume(span_run, cache_dir, tmp_path):
+    config = tiny_config(objective="lm-adapt", steps=6, snapshot_every=2, checkpoint_every=1)
+    out = tmp_path / "lm"
+    pretrain(config, cache_dir, out, init_from=span_run[0], stop_at=3)
+    assert [step for step, _ in read_snapshots(out)] == [2]
+    pretrain(replace(config, snapshot_every=4), cache_dir, out, init_from=span_run[0])  # resumable: changes no update
+    snapshots = read_snapshots(out)
+    assert [step for step, _ in snapshots] == [2, 4] and snapshots[0][1] == tmp_path / "lm-snapshots" / "step-2"
+    first = T5ForConditionalGeneration.from_pretrained(snapshots[0][1]).state_dict()
+    final = T5ForConditionalGeneration.from_pretrained(out).state_dict()
+    assert not all(torch.equal(first[k], final[k]) for k in first)
+    assert json.loads((snapshots[1][1] / "snapshot.json").read_text())["objective"] == "lm-adapt"
+    (snapshots[1][1] / "snapshot.json").unlink()
+    with pytest.raises(SoftpromptError, match="step-4: not a snapshot"):
+        read_snapshots(out)
 
 
 def test_a_second_lm_adaptation_round_is_carded_with_its_whole_lineage(span_run, cache_dir, corpus_file, tokenizer_dir, tmp_path):

@@ -5,6 +5,9 @@
   trainer_state.pt        optimizer, schedule, loss scaler, step, random states, token counts, elapsed time
   train_log.jsonl         {"step", "loss", "lr", ...} every `log_every` steps; eval records add "val_loss" etc.
   pretrain_summary.json   written with the last checkpoint of a call; "complete": true once all steps ran
+With `snapshot_every`, the model alone (weights, tokenizer, snapshot.json) is also kept every N steps
+beside the run, in OUT-snapshots/step-N: a checkpoint replaces the whole run folder, so snapshots
+inside it would not survive the next one.
 Each checkpoint is built in a temporary folder and swapped in by rename, so a crash leaves the
 previous checkpoint whole. `trainer_state.pt` holds tensors and plain values only, so it loads
 with `weights_only=True`.
@@ -27,6 +30,7 @@ from ..files import atomic_folder, recover_folder, write_json_atomic
 from . import tokenizer as tok_lib
 
 STATE_FILE, LOG_FILE, SUMMARY_FILE = "trainer_state.pt", "train_log.jsonl", "pretrain_summary.json"
+SNAPSHOT_FILE = "snapshot.json"
 # 2: random states as run.random_states() gives them (python, numpy, torch, cuda), the loss scaler's state,
 #    and the precision setting in the config. 1: torch's CPU and CUDA generators only, no precision (read as "auto").
 STATE_FORMAT = 2
@@ -130,6 +134,37 @@ def save_checkpoint(out_dir: Path, model: T5ForConditionalGeneration, tokenizer:
         (tmp / LOG_FILE).write_text(log_text(log), encoding="utf-8")
         if summary is not None:
             write_json_atomic(tmp / SUMMARY_FILE, summary)
+
+
+def snapshots_dir(out_dir: str | os.PathLike) -> Path:
+    """OUT-snapshots: where a run's kept models go, beside the run folder (see the module docstring)."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(out_dir.name + "-snapshots")
+
+
+def save_snapshot(out_dir: Path, model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerBase, step: int,
+                  objective: str) -> Path:
+    """The model at `step` as a loadable backbone in OUT-snapshots/step-N (replaced whole when redone after a resume)."""
+    path = snapshots_dir(out_dir) / f"step-{step}"
+    with atomic_folder(path) as tmp:
+        model.save_pretrained(tmp)
+        tok_lib.save_tokenizer(tokenizer, tmp)
+        write_json_atomic(tmp / SNAPSHOT_FILE, {"step": step, "objective": objective, "run": str(out_dir)})
+    return path
+
+
+def read_snapshots(out_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(step, folder) of each snapshot kept beside the run in `out_dir`, by step; raises SoftpromptError for a torn one."""
+    folder = snapshots_dir(out_dir)
+    found = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if path.name.startswith("."):  # a snapshot being written
+            continue
+        info = path / SNAPSHOT_FILE
+        if not info.is_file() or not is_checkpoint(path):
+            raise SoftpromptError(f"{path}: not a snapshot ({SNAPSHOT_FILE} and model weights expected)")
+        found.append((int(json.loads(info.read_text(encoding="utf-8"))["step"]), path))
+    return sorted(found)
 
 
 def load_state(out_dir: Path) -> dict[str, Any]:

@@ -19,7 +19,7 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 # Settings that may change when a run is resumed: they do not change which updates are made.
 RESUMABLE = {"max_minutes", "device", "compile", "prefetch", "progress", "log_every", "eval_every",
-             "eval_batches", "checkpoint_every"}
+             "eval_batches", "checkpoint_every", "snapshot_every"}
 
 
 @dataclass
@@ -53,6 +53,8 @@ class PretrainConfig:
     eval_every: int = setting(2000, "steps between validation passes (and always at the end)")
     eval_batches: int = setting(10, "validation batches per pass")
     checkpoint_every: int = setting(1000, "steps between checkpoints (and always at the end)")
+    snapshot_every: int | None = setting(None, "also keep the model every N steps in OUT-snapshots/step-N (the study "
+                                         "`objective --lm-steps OUT` prompt-tunes each); none by default")
     max_minutes: float | None = setting(None, "wall-clock limit for this call: stop cleanly, checkpoint, resume later")
     device: str = setting("auto", "auto (CUDA if available, else CPU), cpu, cuda, cuda:1 ...")
     precision: Precision = setting("auto", "autocast precision of the forward pass, fp32, bf16 or fp16 (weights stay "
@@ -67,6 +69,7 @@ class PretrainConfig:
         at_least(self, 1, "steps", "batch_size", "inputs_length", "targets_length", "log_every", "eval_every",
                  "eval_batches", "checkpoint_every", prefix=prefix)
         at_least(self, 0, "warmup_steps", "prefetch", prefix=prefix)
+        at_least(self, 1, "snapshot_every", prefix=prefix)
         if not 0 < self.noise_density < 0.5:
             raise SoftpromptError(f"{prefix}noise_density={self.noise_density} must be in (0, 0.5)")
         for name in ("lr", "max_minutes", "grad_clip"):

@@ -42,6 +42,7 @@ from .checkpoint import (
     read_log,
     read_summary,
     save_checkpoint,
+    save_snapshot,
 )
 from .config import RESUMABLE, PretrainConfig
 from .corpus import CorpusCache, load_cache
@@ -242,6 +243,8 @@ class _Trainer:
                     break
                 if run.step % c.checkpoint_every == 0:
                     self.checkpoint()
+                if c.snapshot_every and run.step % c.snapshot_every == 0:
+                    save_snapshot(run.out_dir, self.model, run.tokenizer, run.step, c.objective)
         finally:
             stopper.close()
         if self.loss_count:  # steps since the last record, when stopped early

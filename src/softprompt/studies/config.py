@@ -32,6 +32,8 @@ class StudyConfig:
     prompt: tuple[str, ...] = setting((), "neighbors: also analyse this saved prompt directory; repeatable", repeat=True)
     target_task: str | None = setting(None, "transfer: the task(s) scored zero-shot, comma-separated (default: cb,axb for rte; qqp for mrpc; the MRQA sets present for squad, squad-dev-split)")
     label_map: str | None = setting(None, "transfer: TARGET_LABEL=SOURCE_LABEL,... (default: the built-in map)")
+    lm_steps: str | None = setting(None, "objective: a `softprompt pretrain lm-adapt --snapshot-every N` run folder; prompt-tune "
+                                   "its starting checkpoint, each snapshot and its final model (Figure 3d)", path=True)
 
     def __post_init__(self) -> None:
         self.model, self.prompt = tuple(self.model), tuple(self.prompt)

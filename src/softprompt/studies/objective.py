@@ -6,21 +6,48 @@ every target prefixed by a sentinel (so it looks like a pretraining output), and
 model. Dev scores come from rank classification and generation both: span corruption's failure in
 the paper is emitting illegal labels, which only generation shows (`invalid` outputs).
 Decoder-only backbones have no span-corruption objective and are refused.
+
+`--lm-steps RUN` asks Figure 3(d)'s question instead, how much LM adaptation: RUN is a
+`softprompt pretrain lm-adapt` folder made with `--snapshot-every N`; its starting checkpoint
+(0 steps, when still there), each kept snapshot and its final model are prompt-tuned alike, x =
+LM-adaptation steps.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from ..backbones.loading import T5_NANO_LM_ADAPTED, T5_NANO_SPAN_CORRUPTION
 from ..errors import SoftpromptError
+from ..pretrain.checkpoint import is_checkpoint, read_snapshots, read_summary
 from .base import Context, Point, Study, training_record
-from .config import QUICK_BUDGET
+from .config import QUICK_BUDGET, StudyConfig
+from .plot import plot_rows
 from .summary import Row, markdown_table, summarise
 from .verdicts import FINDINGS, NOT_REPRODUCED, REPRODUCED, Verdict, exceeds, untestable
 
 SPAN, SENTINEL, LM = "span corruption", "span corruption + sentinel", "LM adaptation"
+STEPS_AXIS = "LM-adaptation steps"
+
+
+def lm_series(run: str) -> list[tuple[int, str]]:
+    """(LM-adaptation steps, checkpoint) of a finished lm-adapt run: its start (if present), snapshots, final model.
+
+    Raises SoftpromptError for a folder that is not a finished lm-adapt run, or one with nothing kept along the way.
+    """
+    summary = read_summary(run) if Path(run).is_dir() else None
+    if summary is None or summary.get("objective") != "lm-adapt" or not summary.get("complete"):
+        raise SoftpromptError(f"--lm-steps {run}: not a finished `softprompt pretrain lm-adapt` run folder "
+                              "(pretrain_summary.json with objective lm-adapt and complete: true expected)")
+    series = [(step, str(path)) for step, path in read_snapshots(run) if step < summary["steps"]]
+    if not series:
+        raise SoftpromptError(f"--lm-steps {run}: no snapshots beside it (in {run}-snapshots); pretrain with --snapshot-every N")
+    start = summary.get("init_from")
+    if start and is_checkpoint(start):
+        series.insert(0, (0, start))
+    return [*series, (summary["steps"], str(run))]
 
 
 class ObjectiveStudy(Study):
@@ -29,9 +56,17 @@ class ObjectiveStudy(Study):
     quick_budget = replace(QUICK_BUDGET, steps=300, eval_every=150)  # 9 runs at p = 100, each evaluation also generating
     default_models = (T5_NANO_SPAN_CORRUPTION, T5_NANO_LM_ADAPTED)
 
+    def context(self, config: StudyConfig, progress: bool = False) -> Context:
+        ctx = super().context(config, progress)
+        if config.lm_steps:
+            if config.model:
+                raise SoftpromptError("study objective: give --lm-steps RUN or two --model, not both")
+            ctx.models = tuple(path for _, path in lm_series(config.lm_steps))
+        return ctx
+
     def check(self, ctx: Context) -> None:
         super().check(ctx)
-        if len(ctx.models) != 2:
+        if not ctx.config.lm_steps and len(ctx.models) != 2:
             raise SoftpromptError(f"study objective takes two --model: the span-corruption checkpoint, then the LM-adapted one "
                                   f"({len(ctx.models)} given)")
         for model in ctx.models:
@@ -41,9 +76,11 @@ class ObjectiveStudy(Study):
                                       "backbone (give encoder-decoder checkpoints)")
 
     def family(self, ctx: Context) -> str:
-        return " → ".join(ctx.models)
+        return ctx.config.lm_steps or " → ".join(ctx.models)
 
     def points(self, ctx: Context) -> list[Point]:
+        if ctx.config.lm_steps:
+            return self.step_points(ctx)
         span_model, lm_model = ctx.models
         points = []
         for seed in range(ctx.budget.seeds):
@@ -52,6 +89,16 @@ class ObjectiveStudy(Study):
                 key = f"{key}/seed{seed}"
                 config = ctx.train_config(key, model, seed, target_format=target_format, eval_method="both")
                 points.append(Point(key, setting, model, seed, config, extra={"family": self.family(ctx)}))
+        return points
+
+    def step_points(self, ctx: Context) -> list[Point]:
+        """One prompt-tuning run per kept checkpoint of the --lm-steps run and seed, x = its LM-adaptation steps."""
+        points = []
+        for seed in range(ctx.budget.seeds):
+            for steps, model in lm_series(ctx.config.lm_steps):
+                key = f"lm-{steps}/seed{seed}"
+                config = ctx.train_config(key, model, seed, eval_method="both")
+                points.append(Point(key, f"{LM}, {steps} steps", model, seed, config, x=steps, extra={"family": self.family(ctx)}))
         return points
 
     def run_point(self, ctx: Context, point: Point) -> dict[str, Any]:
@@ -69,12 +116,23 @@ class ObjectiveStudy(Study):
         invalid = {(r.model, r.setting): f"{r.mean:.1f}" for r in summarise([r for r in family if r.get("invalid") is not None], "invalid")}
         return markdown_table(rows, {"generation (%)": generated, "illegal outputs (mean count)": invalid})
 
+    def plot(self, rows: list[Row], path: Path, title: str) -> Path:
+        return plot_rows(rows, path, title, STEPS_AXIS if all(r.x is not None for r in rows) else None)
+
     def verdict(self, rows: list[Row], model: str) -> Verdict:
-        """Reproduced when LM adaptation beats span corruption (plain) beyond the seeds' spread."""
+        """Reproduced when LM adaptation beats span corruption (plain) beyond the seeds' spread; for
+        --lm-steps, when the longest adaptation beats the shortest beyond it."""
         settings = {r.setting: r for r in rows if r.model == model}
         blocked = untestable(list(settings.values()))
         if blocked:
             return blocked
+        if all(r.x is not None for r in settings.values()):
+            ordered = sorted(settings.values(), key=lambda r: r.x)
+            short, long = ordered[0], ordered[-1]
+            holds = exceeds(long.mean, long.std, short.mean, short.std)
+            return Verdict(REPRODUCED if holds else NOT_REPRODUCED,
+                           f"{long.x:g} steps {long.cell()} vs {short.x:g} steps {short.cell()}; "
+                           + ", ".join(f"{r.x:g}: {r.cell()}" for r in ordered))
         lm, span = settings[LM], settings[SPAN]
         holds = exceeds(lm.mean, lm.std, span.mean, span.std)
         sentinel = settings[SENTINEL]

@@ -33,7 +33,7 @@ def plot_rows(rows: list[Row], path: str | Path, title: str, x_label: str | None
             line = sorted((r for r in rows if r.model == model), key=lambda r: r.x)
             ax.errorbar([r.x for r in line], [100 * r.mean for r in line], yerr=[_err(r) for r in line], marker="o", capsize=3,
                         label=model)
-        ax.set_xscale("log")
+        ax.set_xscale("log" if all(r.x > 0 for r in rows) else "linear")  # 0 steps of LM adaptation has no log
         ax.set_xlabel(x_label)
     elif len(models) > 1 and all(row.parameters for row in rows):
         for setting in dict.fromkeys(r.setting for r in rows):

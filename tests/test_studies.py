@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -179,6 +180,10 @@ def test_report_holds_each_study_with_a_computed_verdict(capsys, tmp_path, t5_di
     for name in ("length", "init"):
         assert f"## Study `{name}`" in report and f"({name}/plot.png)" in report
     assert "Verdict rule:" in report and "class label > sampled vocab > random uniform" in report
+    made_by = next(line for line in report.splitlines() if line.startswith("Made by: `softprompt study init") and "gpt2" in line)
+    before = (tmp_path / "gpt2" / "init" / "results.jsonl").read_text()
+    assert main(shlex.split(made_by.split("`")[1])[1:]) == 0, capsys.readouterr()[1]  # the same study: resumed, nothing rerun
+    assert (tmp_path / "gpt2" / "init" / "results.jsonl").read_text() == before
     assert "## Study `init` in `gpt2/`" in report and "(gpt2/init/plot.png)" in report and "(#study-init-in-gpt2)" in report
     verdicts = [line for line in report.splitlines() if line.startswith("| [")]
     assert len(verdicts) == 3 and all(any(v in line for v in (REPRODUCED, NOT_REPRODUCED, NOT_TESTABLE)) for line in verdicts)

@@ -9,6 +9,7 @@ its run directory's checkpoint.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,7 @@ def study_markdown(study: Study, folder: StudyFolder, records: list[dict[str, An
     saved = folder.saved_config()
     rows = study.rows(records)
     lines = [f"{heading} Study `{study.name}`{where}", "", budget_line(Budget(**saved["budget"]), saved["task"], saved["model"]), "",
-             study.table(rows, records), ""]
+             f"Made by: `{command_line(saved, folder.root)}` (rerun it to resume or to check).", "", study.table(rows, records), ""]
     extra = study.sections(records)
     if extra:
         lines += [extra, ""]
@@ -86,3 +87,19 @@ def study_markdown(study: Study, folder: StudyFolder, records: list[dict[str, An
     for model, verdict in study.verdicts(records):
         lines.append(f"- `{model}`: **{verdict.label}** ({verdict.reason})")
     return "\n".join(lines)
+
+
+def command_line(saved: dict[str, Any], root: Path) -> str:
+    """The `softprompt study` call that makes (or resumes) a study of config `saved` under `root`.
+
+    Defaults the study filled in are written out as flags, which is the same study: its saved
+    config is the same. Built-in label maps (dicts) are the default for the targets and are left out.
+    """
+    parts = ["softprompt", "study", saved["name"], *(["--quick"] if saved.get("quick") else [])]
+    parts += [piece for model in saved.get("model") or [] for piece in ("--model", model)]
+    for key in ("task", "target_task", "label_map", "lm_steps", "seeds", "max_steps", "eval_examples", "data_dir"):
+        value = saved.get(key)
+        if value is not None and not isinstance(value, dict):
+            parts += [f"--{key.replace('_', '-')}", str(value)]
+    parts += [piece for prompt in saved.get("prompt") or [] for piece in ("--prompt", prompt)]
+    return shlex.join([*parts, "--output", str(root)])

@@ -181,6 +181,7 @@ def test_report_holds_each_study_with_a_computed_verdict(capsys, tmp_path, t5_di
         assert f"## Study `{name}`" in report and f"({name}/plot.png)" in report
     assert "Verdict rule:" in report and "class label > sampled vocab > random uniform" in report
     made_by = next(line for line in report.splitlines() if line.startswith("Made by: `softprompt study init") and "gpt2" in line)
+    assert "6 points, " in made_by and "min of wall time summed over them" in made_by  # 3 inits x 2 seeds
     before = (tmp_path / "gpt2" / "init" / "results.jsonl").read_text()
     assert main(shlex.split(made_by.split("`")[1])[1:]) == 0, capsys.readouterr()[1]  # the same study: resumed, nothing rerun
     assert (tmp_path / "gpt2" / "init" / "results.jsonl").read_text() == before

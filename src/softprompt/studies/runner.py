@@ -10,6 +10,7 @@ its run directory's checkpoint.
 from __future__ import annotations
 
 import shlex
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,9 +52,11 @@ def run_study(config: StudyConfig, progress: bool = False) -> StudyOutcome:
     for point in points:
         if point.key in done:
             continue
+        started = time.perf_counter()
         metrics = study.run_point(ctx, point)
         record = {"study": study.name, "key": point.key, "setting": point.setting, "model": point.model, "seed": point.seed,
-                  "x": point.x, "config": normalised(point.config) if point.config is not None else None, **metrics}
+                  "x": point.x, "config": normalised(point.config) if point.config is not None else None, **metrics,
+                  "point_seconds": round(time.perf_counter() - started, 1)}
         ctx.folder.append(record)
         done[point.key] = record
         ran += 1
@@ -78,7 +81,8 @@ def study_markdown(study: Study, folder: StudyFolder, records: list[dict[str, An
     saved = folder.saved_config()
     rows = study.rows(records)
     lines = [f"{heading} Study `{study.name}`{where}", "", budget_line(Budget(**saved["budget"]), saved["task"], saved["model"]), "",
-             f"Made by: `{command_line(saved, folder.root)}` (rerun it to resume or to check).", "", study.table(rows, records), ""]
+             f"Made by: `{command_line(saved, folder.root)}` (rerun it to resume or to check). {time_line(records)}", "",
+             study.table(rows, records), ""]
     extra = study.sections(records)
     if extra:
         lines += [extra, ""]
@@ -103,3 +107,14 @@ def command_line(saved: dict[str, Any], root: Path) -> str:
             parts += [f"--{key.replace('_', '-')}", str(value)]
     parts += [piece for prompt in saved.get("prompt") or [] for piece in ("--prompt", prompt)]
     return shlex.join([*parts, "--output", str(root)])
+
+
+def time_line(records: list[dict[str, Any]]) -> str:
+    """What the finished points cost: their wall time summed (training, scoring, loading), else their training time.
+
+    Points resumed after an interruption count only the call that finished them.
+    """
+    if records and all("point_seconds" in r for r in records):
+        return f"{len(records)} points, {sum(r['point_seconds'] for r in records) / 60:.1f} min of wall time summed over them."
+    trained = [r["seconds"] for r in records if r.get("seconds") is not None]
+    return f"{len(records)} points, {sum(trained) / 60:.1f} min of training time summed over them." if trained else ""

@@ -170,3 +170,18 @@ def test_peak_memory_sees_an_allocation():
             "print(bool(memory.how), memory.mb)")
     how, mb = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert how == "True" and float(mb) >= 60
+
+
+def test_peak_memory_of_a_second_point_is_not_hidden_by_the_first():
+    """Points share a process: the pages the first point freed must not absorb the second's growth."""
+    import subprocess
+    import sys
+
+    code = ("import torch; from softprompt.studies.methods import PeakMemory\n"
+            "def point():\n"
+            "    with PeakMemory(torch.device('cpu')) as memory:\n"
+            "        blocks = [torch.ones(64 * 1024) for _ in range(1024)]; del blocks\n"  # 256 MiB in 256 KiB heap chunks
+            "    return memory.mb\n"
+            "print(point(), point())")
+    first, second = map(float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    assert first >= 240 and second >= 240, (first, second)

@@ -11,6 +11,9 @@ tuning length p (100, the paper's default).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -33,8 +36,27 @@ from .verdicts import FINDINGS, NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, Verdic
 SETTINGS = (PROMPT_TUNING, "prefix tuning", "P-tuning", "LoRA", "IA³", MODEL_TUNING)  # the table's order
 
 
+# Before 2026-12-02 the CPU measure skipped gc and malloc_trim: a point reused the heap pages its predecessors
+# had freed (glibc keeps them resident), so only a process's first point was measured. Such records are not shown.
+UNTRIMMED_RSS = "peak RSS growth (VmHWM)"
+
+
+def release_freed_memory() -> None:
+    """Collect garbage and hand glibc's freed heap pages back to the OS, so RSS is what is in use (no-op elsewhere)."""
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # not glibc
+        pass
+
+
 class PeakMemory:
-    """Peak memory growth over a block: CUDA's max allocated bytes, else the process's peak RSS (VmHWM, reset first)."""
+    """Peak memory growth over a block: CUDA's max allocated bytes, else the process's peak RSS (VmHWM, reset first).
+
+    On the CPU, freed memory is released first (`release_freed_memory`): otherwise a point run after
+    another in the same process would fill the pages its predecessor freed and seem to need none.
+    """
 
     def __init__(self, device: torch.device):
         self.device, self.mb, self.how = device, None, ""
@@ -50,9 +72,10 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.base, self.how = torch.cuda.memory_allocated(self.device), "CUDA max_memory_allocated growth"
             return self
+        release_freed_memory()
         try:
             Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM to the current RSS
-            self.base, self.how = self._status("VmRSS"), "peak RSS growth (VmHWM)"
+            self.base, self.how = self._status("VmRSS"), "peak RSS growth (VmHWM, after gc and malloc_trim)"
         except (OSError, AttributeError):
             self.how = ""  # no /proc: not measured
         return self
@@ -123,8 +146,8 @@ class MethodsStudy(Study):
     def table(self, rows: list[Row], records: list[dict[str, Any]]) -> str:
         first = {(r["model"], r["setting"]): r for r in reversed(records)}
         seconds = {(r.model, r.setting): f"{r.mean:.1f}" for r in summarise(records, "seconds")}
-        memory = {(r.model, r.setting): f"{r.mean:.0f}" for r in summarise([r for r in records if r.get("peak_memory_mb") is not None],
-                                                                          "peak_memory_mb")}
+        measured = [r for r in records if r.get("peak_memory_mb") is not None and r.get("memory_measure") != UNTRIMMED_RSS]
+        memory = {(r.model, r.setting): f"{r.mean:.0f}" for r in summarise(measured, "peak_memory_mb")}
         return markdown_table(rows, {
             "task-specific parameters": {k: f"{r['tuned_parameters']:,} ({percent(r)})" for k, r in first.items()},
             "optimizer (lr)": {k: f"{r['optimizer']} ({r['lr']:.3g})" for k, r in first.items()},
@@ -137,7 +160,8 @@ class MethodsStudy(Study):
                  "| backbone | method | trained | % of backbone | kept for inference |", "|---|---|---|---|---|"]
         for (model, setting), r in sorted(first.items(), key=lambda item: (item[0][0], item[1]["tuned_parameters"])):
             lines.append(f"| `{model}` | {setting} | {r['tuned_parameters']:,} | {percent(r)} | {r['stored_parameters']:,} |")
-        measures = sorted({r.get("memory_measure") or "not measured" for r in records})
+        measures = sorted({"not shown (an untrimmed RSS measure, see methods.py)" if r.get("memory_measure") == UNTRIMMED_RSS
+                           else r.get("memory_measure") or "not measured" for r in records})
         lines += ["", f"Seconds: the training loop with its dev evaluations (loading excluded). Peak memory: {', '.join(measures)}, "
                       "loading the run's own backbone copy included."]
         return "\n".join(lines)

@@ -392,3 +392,16 @@ def test_budgets_paper_quick_and_overrides():
     tiny = STUDIES["ensemble"].context(StudyConfig(name="ensemble", quick=True, max_steps=2, seeds=2, eval_examples=8)).budget
     assert (tiny.steps, tiny.eval_every, tiny.seeds, tiny.eval_examples) == (2, 2, 2, 8)
     assert "--quick (CPU) budget" in quick.describe() and "full dev set" in paper.describe()
+
+
+def test_transfer_is_not_testable_when_the_source_task_was_not_learned():
+    def record(setting, seed, source, target):
+        return {"model": "m", "setting": setting, "seed": seed, "source_score": source, "source_chance": 0.54, "metric": "accuracy",
+                "targets": {"cb": {"metric": "accuracy", "score": target, "chance": 0.2, "metrics": {"accuracy": target}}}}
+
+    study = STUDIES["transfer"]
+    learned = [record("prompt tuning", s, 0.8, 0.7 + s / 100) for s in range(2)] + [record("model tuning", s, 0.8, 0.4 + s / 100) for s in range(2)]
+    assert study.verdicts(learned)[0][1].label == REPRODUCED
+    at_chance = [{**r, "source_score": 0.55} for r in learned]  # the same zero-shot scores, but the source was never learned
+    label, reason = study.verdicts(at_chance)[0][1].label, study.verdicts(at_chance)[0][1].reason
+    assert label == NOT_TESTABLE and reason.startswith("source task:")

@@ -145,6 +145,16 @@ class TransferStudy(Study):
                      "first 40 articles (8,981 questions) and selection its last 8 (1,589); the paper trains on SQuAD's train set.")
         return markdown_table(rows, {"source dev, in domain (%)": column}) + note
 
+    def verdicts(self, records: list[dict[str, Any]]) -> list[tuple[str, Verdict]]:
+        """As every study's, but a backbone that learned nothing on the source task (every setting within the
+        chance margin of the source's majority class) is not testable: its zero-shot scores are noise."""
+        source = summarise([{**r, "chance": r.get("source_chance")} for r in records], "source_score")
+        out = []
+        for model, verdict in super().verdicts(records):
+            blocked = untestable([r for r in source if r.model == model])
+            out.append((model, Verdict(NOT_TESTABLE, f"source task: {blocked.reason}") if blocked else verdict))
+        return out
+
     def verdict(self, rows: list[Row], model: str) -> Verdict:
         """Per target, the paper's winner (PAPER_WINNER, else prompt tuning) must lead beyond the seeds' spread.
 

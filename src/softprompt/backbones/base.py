@@ -86,11 +86,53 @@ def splice(prompts: Prompts, token_embeds: torch.Tensor, attention_mask: torch.T
     return Spliced(table[index], mask, in_tokens, token_col)  # embeds (b, w, e)
 
 
+@dataclass
+class DecodeState:
+    """What continuing b sequences one token at a time needs, kept between steps (a server interleaves steps).
+
+    `mask` (b, w) is the attention mask so far: the decoder-only sequence [BOS; P; X; generated],
+    or the encoder's [P; X] for an encoder-decoder (whose decoder positions the cache counts).
+    `position` (b, 1) is each row's last position (decoder-only); `encoder` (b, w, e) the encoder's
+    output (encoder-decoder). `select` keeps (or repeats) rows, so finished sequences leave the batch.
+    """
+
+    cache: object
+    mask: torch.Tensor
+    position: torch.Tensor | None = None
+    encoder: torch.Tensor | None = None
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.cache.batch_select_indices(rows)
+        self.mask = self.mask[rows]
+        self.position = None if self.position is None else self.position[rows]
+        self.encoder = None if self.encoder is None else self.encoder[rows]
+
+    @property
+    def rows(self) -> int:
+        return self.mask.shape[0]
+
+
 def pad(rows: Sequence[Sequence[int]], value: int, left: bool) -> torch.Tensor:
     """Stack lists of ids into (b, max_len), padding on the left or the right."""
     width = max(len(r) for r in rows)
     padded = [([value] * (width - len(r)) + list(r)) if left else (list(r) + [value] * (width - len(r))) for r in rows]
     return torch.tensor(padded, dtype=torch.long)
+
+
+def greedy(adapter: Backbone, prompts: Prompts, batch: dict[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
+    """Greedy decoding through the adapter's `begin_decode` / `decode_step`: (b, <= max_new_tokens), pad after each end."""
+    eos, pad_id = adapter.tokenizer.eos_token_id, adapter.tokenizer.pad_token_id
+    state, logits = adapter.begin_decode(prompts, batch)  # logits (b, V)
+    done = torch.zeros(state.rows, dtype=torch.bool, device=logits.device)
+    new: list[torch.Tensor] = []
+    for step in range(max_new_tokens):
+        token = torch.where(done, torch.full_like(done, pad_id, dtype=torch.long), logits.argmax(-1))  # (b,)
+        new.append(token)
+        done = done | (token == eos)
+        if bool(done.all()) or step == max_new_tokens - 1:
+            break
+        logits = adapter.decode_step(state, token)
+    return torch.stack(new, 1) if new else pad([[]] * state.rows, pad_id, left=False)  # (b, steps)
 
 
 def label_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,6 +282,31 @@ class Backbone(ABC):
     @abstractmethod
     def generate(self, prompts: Prompts, batch: dict[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
         """Greedy continuation ids (b, <= max_new_tokens), pad after the end."""
+
+    @abstractmethod
+    def begin_decode(self, prompts: Prompts, batch: dict[str, torch.Tensor]) -> tuple[DecodeState, torch.Tensor]:
+        """Read [P; X] once; returns the state to continue from and the logits of the first new token (b, V)."""
+
+    @abstractmethod
+    def decode_step(self, state: DecodeState, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed each row's last token (b,); returns the logits of the next one (b, V) and advances `state`."""
+
+    def merge_decode(self, states: Sequence[DecodeState]) -> DecodeState | None:
+        """One state continuing all of `states`' rows (so one forward steps them all), or None where the kind cannot."""
+        return None
+
+    def input_logprobs(self, prompts: Prompts, batch: dict[str, torch.Tensor], top: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Log-probability of every input token given the prompt and the tokens before it (echo).
+
+        Returns (b, n) log-probabilities and the `top` most likely tokens at each position,
+        values and ids (b, n, top). Only a decoder-only model predicts its input.
+        """
+        raise SoftpromptError(f"{self.name!r} is an encoder-decoder model: it reads its input, it does not predict it")
+
+    def sequence_positions(self, prompt_length: int, input_tokens: int, new_tokens: int) -> int:
+        """Positions one sequence takes with `new_tokens` generated (checked against `max_positions`)."""
+        return prompt_length + input_tokens
 
     def enable_prefix_cache(self, budget_bytes: int):
         """Keep prompt states between batches, where this kind can (decoder-only); returns the cache or None.

@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
 
-from .base import Backbone, Prompts, label_nll, pad, splice
+from .base import Backbone, DecodeState, Prompts, label_nll, pad, splice
 
 
 class DecoderOnly(Backbone):
@@ -37,6 +39,9 @@ class DecoderOnly(Backbone):
 
     def target_positions(self, max_target_length: int) -> int:
         return max_target_length + (self.bos_id is not None)
+
+    def sequence_positions(self, prompt_length: int, input_tokens: int, new_tokens: int) -> int:
+        return (self.bos_id is not None) + prompt_length + input_tokens + new_tokens
 
     def word_ids(self, text: str) -> list[int]:
         prefix = " " if self.space_before_words else ""
@@ -103,3 +108,49 @@ class DecoderOnly(Backbone):
     def generate(self, prompts: Prompts, batch: dict[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
         spliced, _ = self._inputs(prompts, batch)  # generate() derives positions from the mask
         return self._generate(inputs_embeds=spliced.embeds, attention_mask=spliced.mask, max_new_tokens=max_new_tokens)
+
+    def begin_decode(self, prompts: Prompts, batch: dict[str, torch.Tensor]) -> tuple[DecodeState, torch.Tensor]:
+        spliced, positions = self._inputs(prompts, batch)
+        out = self.model(inputs_embeds=spliced.embeds, attention_mask=spliced.mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=1)
+        return DecodeState(out.cache, spliced.mask, positions[:, -1:]), out.logits[:, -1]  # (b, V)
+
+    def decode_step(self, state: DecodeState, tokens: torch.Tensor) -> torch.Tensor:
+        state.position = state.position + 1  # (b, 1)
+        state.mask = torch.cat([state.mask, state.mask.new_ones(state.rows, 1)], 1)  # (b, w + 1)
+        out = self.model(input_ids=tokens.unsqueeze(1), attention_mask=state.mask, position_ids=state.position,
+                         cache=state.cache, use_cache=True, logits_to_keep=1)
+        state.cache = out.cache
+        return out.logits[:, -1]  # (b, V)
+
+    def merge_decode(self, states: Sequence[DecodeState]) -> DecodeState | None:
+        """Sequences of different lengths in one batch: each cache left-padded to the longest, masked there.
+
+        Positions are explicit per row, so left padding changes nothing for a row, as in any
+        left-padded batch. Caches of another type (sliding windows ...) are not merged.
+        """
+        if not all(type(s.cache) is DynamicCache and s.cache.layers and all(layer.keys is not None for layer in s.cache.layers)
+                   and s.cache.layers[0].keys.shape[2] == s.mask.shape[1] for s in states):
+            return None
+        width = max(s.mask.shape[1] for s in states)
+        layers = []
+        for per_state in zip(*[s.cache.layers for s in states]):  # one layer of every state, keys (b_i, h, w_i, d)
+            keys = torch.cat([F.pad(layer.keys, (0, 0, width - layer.keys.shape[2], 0)) for layer in per_state])  # (b, h, w, d)
+            values = torch.cat([F.pad(layer.values, (0, 0, width - layer.values.shape[2], 0)) for layer in per_state])
+            layers.append((keys, values))
+        mask = torch.cat([F.pad(s.mask, (width - s.mask.shape[1], 0)) for s in states])  # (b, w)
+        position = torch.cat([s.position for s in states])  # (b, 1)
+        return DecodeState(DynamicCache(layers, config=self.model.config), mask, position)
+
+    def input_logprobs(self, prompts: Prompts, batch: dict[str, torch.Tensor], top: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        spliced, positions = self._inputs(prompts, batch)
+        n = batch["input_ids"].shape[1]  # left-padded: the input's columns are the last n of the sequence
+        logits = self.model(inputs_embeds=spliced.embeds, attention_mask=spliced.mask, position_ids=positions,
+                            logits_to_keep=n + 1).logits.float()  # (b, <= n + 1, V): position t predicts t + 1
+        if logits.shape[1] < n + 1:  # no prompt and no BOS: nothing predicts the first token
+            logits = torch.cat([logits.new_full((logits.shape[0], 1, logits.shape[2]), float("nan")), logits], 1)
+        logprobs = logits[:, :-1].log_softmax(-1)  # (b, n, V)
+        chosen = logprobs.gather(-1, batch["input_ids"].unsqueeze(-1)).squeeze(-1)  # (b, n)
+        values, ids = logprobs.topk(max(top, 1), -1)  # (b, n, top)
+        return chosen, values[..., :top], ids[..., :top]

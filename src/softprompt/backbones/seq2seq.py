@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from transformers import DynamicCache, EncoderDecoderCache
 
-from .base import Backbone, Prompts, label_nll, pad, splice
+from .base import Backbone, DecodeState, Prompts, label_nll, pad, splice
 
 # T5's relative position buckets extend past its 512 training positions, but attention memory
 # grows with the square of the length; this bounds prompt + input.
@@ -68,3 +69,17 @@ class EncoderDecoder(Backbone):
         embeds, mask = self._encoder_inputs(prompts, batch)
         ids = self._generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens)
         return ids[:, 1:]  # (b, <= max_new_tokens): without the decoder's start token
+
+    def begin_decode(self, prompts: Prompts, batch: dict[str, torch.Tensor]) -> tuple[DecodeState, torch.Tensor]:
+        """The encoder once, then the decoder's start token: the same steps as `generate`, one at a time."""
+        embeds, mask = self._encoder_inputs(prompts, batch)
+        hidden = self.model.get_encoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state  # (b, w, e)
+        state = DecodeState(EncoderDecoderCache(DynamicCache(), DynamicCache()), mask, encoder=hidden)
+        start = torch.full((state.rows,), self.model.config.decoder_start_token_id, dtype=torch.long, device=self.device)
+        return state, self.decode_step(state, start)
+
+    def decode_step(self, state: DecodeState, tokens: torch.Tensor) -> torch.Tensor:
+        out = self.model(encoder_outputs=(state.encoder,), attention_mask=state.mask, decoder_input_ids=tokens.unsqueeze(1),
+                         cache=state.cache, use_cache=True)
+        state.cache = out.cache
+        return out.logits[:, -1]  # (b, V)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from .base import Prompts, label_nll, pad
+from .base import DecodeState, Prompts, greedy, label_nll
 from .causal import DecoderOnly
 from .prefix_cache import Layers, PrefixCache
 
@@ -119,25 +119,15 @@ class SharedPrefixDecoderOnly(DecoderOnly):
         nll, _ = label_nll(logits, candidate_ids)
         return -nll
 
+    def begin_decode(self, prompts: Prompts, batch: dict[str, torch.Tensor]) -> tuple[DecodeState, torch.Tensor]:
+        """Inputs over the shared prompt states; the steps after it are the concatenated path's (`decode_step`)."""
+        if self._nothing_to_share(prompts):
+            return super().begin_decode(prompts, batch)
+        out, mask, positions = self._run_tokens(prompts, batch["input_ids"], batch["attention_mask"], logits_to_keep=1)
+        return DecodeState(out.cache, mask, positions[:, -1:]), out.logits[:, -1]  # (b, V)
+
     def generate(self, prompts: Prompts, batch: dict[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
         """Greedy decoding over the shared prompt states: (b, <= max_new_tokens), pad after each end."""
         if self._nothing_to_share(prompts):
             return super().generate(prompts, batch, max_new_tokens)
-        eos, pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        out, mask, positions = self._run_tokens(prompts, batch["input_ids"], batch["attention_mask"], logits_to_keep=1)
-        b = mask.shape[0]
-        done = torch.zeros(b, dtype=torch.bool, device=self.device)
-        position = positions[:, -1:]  # (b, 1)
-        new: list[torch.Tensor] = []
-        for _ in range(max_new_tokens):
-            token = out.logits[:, -1].argmax(-1)  # (b,)
-            token = torch.where(done, torch.full_like(token, pad_id), token)
-            new.append(token)
-            done = done | (token == eos)
-            if bool(done.all()):
-                break
-            position = position + 1
-            mask = torch.cat([mask, torch.ones(b, 1, dtype=mask.dtype, device=self.device)], 1)  # (b, w + 1)
-            out = self.model(input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=position,
-                             cache=out.cache, logits_to_keep=1)
-        return torch.stack(new, 1) if new else pad([[]] * b, pad_id, left=False)
+        return greedy(self, prompts, batch, max_new_tokens)

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load, load_file, save_file
+from safetensors.torch import load, save_file
 
 from . import __version__
-from .config import check_fields
+from .config import at_least, check_fields
 from .errors import SoftpromptError
 from .files import atomic_path, write_json_atomic
 
@@ -95,31 +95,57 @@ def load_prompt(directory: str | os.PathLike) -> tuple[torch.Tensor, PromptMetad
     """Read a prompt directory, checking that the two files agree.
 
     Raises SoftpromptError naming the file when it is missing, truncated, corrupt, of the wrong
-    shape, or holds a field of the wrong type.
+    shape or dtype, holds a field of the wrong type or out of range, or values no training makes.
+    """
+    return prompt_from_files(*read_prompt_files(directory), directory)
+
+
+def read_prompt_files(directory: str | os.PathLike) -> tuple[bytes, bytes]:
+    """The bytes of a folder's `prompt.safetensors` and `prompt.json`, read once.
+
+    A caller that also hashes the files (the server, to notice a changed folder) parses these
+    same bytes with `prompt_from_files`, so what it loads is exactly what it hashed.
+    """
+    directory = Path(directory)
+    contents = []
+    for path in (directory / WEIGHTS_NAME, directory / METADATA_NAME):
+        if not path.is_file():
+            raise SoftpromptError(f"{path}: prompt file not found")
+        try:
+            contents.append(path.read_bytes())
+        except OSError as err:
+            raise SoftpromptError(f"{path}: cannot read prompt file ({err.strerror or err})") from None
+    return contents[0], contents[1]
+
+
+def prompt_from_files(weights: bytes, metadata: bytes, directory: str | os.PathLike) -> tuple[torch.Tensor, PromptMetadata]:
+    """`load_prompt` on bytes already read from `directory`; messages name its two files.
+
+    A folder may hold a prompt of length 0: model tuning writes one beside its tuned backbone.
     """
     directory = Path(directory)
     weights_path, meta_path = directory / WEIGHTS_NAME, directory / METADATA_NAME
-    for path in (weights_path, meta_path):
-        if not path.is_file():
-            raise SoftpromptError(f"{path}: prompt file not found")
     try:
-        raw = json.loads(meta_path.read_text(encoding="utf-8"))
+        raw = json.loads(metadata.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SoftpromptError(f"{meta_path}: not a valid prompt metadata file ({err})") from None
-    metadata = PromptMetadata.from_dict(raw, str(meta_path))
+    parsed = PromptMetadata.from_dict(raw, str(meta_path))
+    check_metadata(parsed, str(meta_path), min_length=0)
     try:
-        tensors = load_file(str(weights_path))
+        tensors = load(weights)
     except (SafetensorError, OSError, ValueError) as err:
         raise SoftpromptError(f"{weights_path}: truncated or corrupt prompt file ({err})") from None
-    return checked_weight(tensors, metadata, str(weights_path), meta_path.name), metadata
+    return checked_weight(tensors, parsed, str(weights_path), meta_path.name), parsed
 
 
 def prompt_from_bytes(weights: bytes, raw_metadata: Any, source: str) -> tuple[torch.Tensor, PromptMetadata]:
     """A prompt sent as data (an upload): the bytes of `prompt.safetensors` and the object of `prompt.json`.
 
-    The same checks as `load_prompt`; raises SoftpromptError naming `source`.
+    The same checks as `load_prompt`, and a length of at least 1 (an empty prompt only makes sense
+    beside the model-tuned backbone its run saved); raises SoftpromptError naming `source`.
     """
     metadata = PromptMetadata.from_dict(raw_metadata, f"{source} metadata")
+    check_metadata(metadata, f"{source} metadata", min_length=1)
     try:
         tensors = load(weights)
     except (SafetensorError, OSError, ValueError) as err:
@@ -127,15 +153,64 @@ def prompt_from_bytes(weights: bytes, raw_metadata: Any, source: str) -> tuple[t
     return checked_weight(tensors, metadata, f"{source} weights", f"{source} metadata"), metadata
 
 
+MAX_LENGTH = 100_000  # far past any backbone's positions: a bigger number is a broken or hostile file
+MAX_LABELS = 10_000
+MAX_ROW_NORM = 1e4  # embedding rows have norms in the tens at most; a prompt this far out is not a trained one
+FLOAT_DTYPES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64"}
+OTHER_DTYPES = {torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16", torch.int32: "I32",
+                torch.int64: "I64", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2"}
+
+
+def check_metadata(metadata: PromptMetadata, source: str, min_length: int = 1) -> None:
+    """Refuse numbers no prompt has, as a training config's are refused, before any tensor is read.
+
+    The types are already checked (`from_dict`); these are the ranges a server must not trust an
+    upload with: lengths and widths that size allocations, and labels that rank classification
+    scores one by one.
+    """
+    prefix = f"{source}: field "
+    at_least(metadata, min_length, "length", prefix=prefix)
+    at_least(metadata, 1, "width", "max_input_length", "max_target_length", prefix=prefix)
+    if metadata.length > MAX_LENGTH:
+        raise SoftpromptError(f"{prefix}length={metadata.length} must be at most {MAX_LENGTH}")
+    labels = metadata.labels
+    if labels is None:
+        return
+    if not 1 <= len(labels) <= MAX_LABELS:
+        raise SoftpromptError(f"{prefix}labels has {len(labels)} entries; give 1 to {MAX_LABELS}, or null for free text")
+    blank = [i for i, label in enumerate(labels) if not label.strip()]
+    if blank:
+        raise SoftpromptError(f"{prefix}labels[{blank[0]}] is empty")
+    seen: set[str] = set()
+    for label in labels:
+        if label in seen:
+            raise SoftpromptError(f"{prefix}labels holds {label!r} twice")
+        seen.add(label)
+
+
 def checked_weight(tensors: dict[str, torch.Tensor], metadata: PromptMetadata, source: str, meta_source: str) -> torch.Tensor:
-    """The one prompt tensor of a file, refused unless its shape matches the metadata and its values are finite."""
+    """The one prompt tensor of a file as fp32, refused unless its shape matches the metadata and its values are sane.
+
+    Only floating types are prompts (an integer or boolean tensor is not one, and fp8 loses what
+    training learnt); the cast to fp32 comes before the finite check, since fp32 is what the bank
+    keeps and an F64 1e300 is infinite there.
+    """
     if set(tensors) != {TENSOR_KEY}:
         raise SoftpromptError(f"{source}: expected one tensor named {TENSOR_KEY!r}, found {sorted(tensors)}")
     weight = tensors[TENSOR_KEY]
+    if weight.dtype not in FLOAT_DTYPES:
+        name = OTHER_DTYPES.get(weight.dtype, str(weight.dtype).removeprefix("torch."))
+        raise SoftpromptError(f"{source}: tensor {TENSOR_KEY!r} has dtype {name}; a prompt is {', '.join(FLOAT_DTYPES.values())}")
     if tuple(weight.shape) != (metadata.length, metadata.width):
         raise SoftpromptError(f"{source}: shape {tuple(weight.shape)} does not match {meta_source} ({metadata.length}, {metadata.width})")
+    weight = weight.to(torch.float32)
     if not torch.isfinite(weight).all():
-        raise SoftpromptError(f"{source}: prompt holds NaN or infinite values")
+        raise SoftpromptError(f"{source}: prompt holds NaN or infinite values (in fp32)")
+    norms = weight.double().norm(dim=1) if len(weight) else weight.new_zeros(1, dtype=torch.float64)
+    row = int(norms.argmax())
+    if norms[row] > MAX_ROW_NORM:
+        raise SoftpromptError(f"{source}: row {row} has L2 norm {float(norms[row]):.3g}, over {MAX_ROW_NORM:,.0f}; "
+                              "not a trained prompt (embedding rows are far smaller)")
     return weight
 
 

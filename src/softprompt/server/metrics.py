@@ -1,6 +1,8 @@
-"""What the server counts, in Prometheus' text format: requests, batches, queue wait, latency, prompts.
+"""What the server counts, in Prometheus' text format, under the names vLLM's users look for.
 
-Each app has its own registry, so several servers (or tests) in one process never share counts.
+Requests running and waiting, requests per prompt, prompt and generated tokens, failures by
+kind, forward time by phase, time to first token, queue wait, latency, prefix-cache hits. Each
+app has its own registry, so several servers (or tests) in one process never share counts.
 """
 
 from __future__ import annotations
@@ -18,14 +20,25 @@ class ServerMetrics:
         self.requests = Counter("softprompt_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r)
         self.latency = Histogram("softprompt_request_seconds", "request latency by endpoint", ["endpoint"],
                                  buckets=LATENCY_BUCKETS, registry=r)
+        self.prompt_requests = Counter("softprompt_prompt_requests", "inference requests by prompt (model name)", ["prompt"],
+                                       registry=r)
+        self.running = Gauge("softprompt_num_requests_running", "sequences generating now", registry=r)
+        self.waiting = Gauge("softprompt_num_requests_waiting", "examples queued, not yet started", registry=r)
+        self.failures = Counter("softprompt_request_failures", "jobs that ended in an error, by kind", ["kind"], registry=r)
+        self.prompt_tokens = Counter("softprompt_prompt_tokens", "input tokens read (prefill)", registry=r)
+        self.generated_tokens = Counter("softprompt_generation_tokens", "tokens generated", registry=r)
+        self.forward_seconds = Histogram("softprompt_forward_seconds", "model forward time by phase (rank, prefill, decode)",
+                                         ["phase"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("softprompt_time_to_first_token_seconds", "from arrival to the first generated token",
+                              buckets=LATENCY_BUCKETS, registry=r)
         self.batch_examples = Histogram("softprompt_batch_examples", "examples per forward", buckets=BATCH_BUCKETS, registry=r)
         self.queue_wait = Histogram("softprompt_queue_wait_seconds", "time a request waited before its batch ran",
                                     buckets=LATENCY_BUCKETS, registry=r)
         self.prompts_loaded = Gauge("softprompt_prompts_loaded", "prompts in the bank", registry=r)
         self.cache_bytes = Gauge("softprompt_prompt_cache_bytes", "bytes of prompt keys/values kept between batches", registry=r)
         self.cache_entries = Gauge("softprompt_prompt_cache_entries", "prompts whose keys/values are kept", registry=r)
-        self.cache_hits = Gauge("softprompt_prompt_cache_hits", "prompt-state lookups served from the cache", registry=r)
-        self.cache_misses = Gauge("softprompt_prompt_cache_misses", "prompt-state lookups that were computed", registry=r)
+        self.cache_hits = Gauge("softprompt_prefix_cache_hits", "prompt-state lookups served from the cache", registry=r)
+        self.cache_misses = Gauge("softprompt_prefix_cache_misses", "prompt-state lookups that were computed", registry=r)
 
     def observe_cache(self, cache) -> None:
         """Copy the prefix cache's counts (None: this backbone keeps none)."""

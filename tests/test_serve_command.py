@@ -132,9 +132,11 @@ def test_replicas_on_one_directory_follow_each_other(setup, tmp_path):
 
 
 def test_slow_and_idle_connections_are_closed_and_do_not_block_others(setup):
-    proc, url = start_server(setup / "prompts", "--header-timeout-s", "1")
+    proc, url = start_server(setup / "prompts", "--header-timeout-s", "1", "--limit-concurrency", "4")
     try:
         port = int(url.rsplit(":", 1)[1])
+        crowd = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]  # idle sockets beyond the request limit
+        assert httpx.get(url + "/healthz", timeout=10).status_code == 200
         idle = socket.create_connection(("127.0.0.1", port))
         trickle = socket.create_connection(("127.0.0.1", port))
         start = time.monotonic()
@@ -150,6 +152,8 @@ def test_slow_and_idle_connections_are_closed_and_do_not_block_others(setup):
         trickle.settimeout(5)
         assert idle.recv(1) == b"" and trickle.recv(1) in (b"", b"H")  # closed by the server (or a 4xx head)
         assert time.monotonic() - start < 5
+        for sock in crowd:
+            sock.close()
     finally:
         proc.kill()
 

@@ -276,3 +276,27 @@ def test_a_bad_prompt_folder_stops_the_start_naming_it(served, tmp_path):
         load_server_model(ServeConfig(prompts=str(tmp_path / "prompts"), model=str(served / "backbone")))
     with pytest.raises(SoftpromptError, match="prompt directory not found"):
         load_server_model(ServeConfig(prompts=str(tmp_path / "missing"), model=str(served / "backbone")))
+
+
+def test_chat_messages_become_the_input_by_chat_format(served, reference):
+    if "llama" not in str(served):
+        pytest.skip("one backbone is enough: the mapping is the edge's")
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": TEXTS[0]}]
+    with make_client(served) as plain:
+        body = {"model": "sst2", "messages": messages, "max_tokens": 4}
+        chat = plain.post("/v1/chat/completions", json=body).json()
+        completion = plain.post("/v1/completions", json={"model": "sst2", "prompt": "be brief\n" + TEXTS[0], "max_tokens": 4}).json()
+        assert chat["choices"][0]["message"]["content"] == completion["choices"][0]["text"]  # 'input': texts joined by newlines
+        assert chat["object"] == "chat.completion" and chat["choices"][0]["message"]["role"] == "assistant"
+    from softprompt.errors import SoftpromptError
+
+    with pytest.raises(SoftpromptError, match="no chat template"):
+        make_client(served, chat_format="backbone")
+    config = ServeConfig(prompts=str(served / "prompts"), model=str(served / "backbone"), chat_format="backbone")
+    model, directory = load_server_model(config)
+    model.adapter.tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}<assistant>"
+    with TestClient(create_app(model, directory, config)) as templated:
+        chat = templated.post("/v1/chat/completions", json={"model": "sst2", "messages": messages, "max_tokens": 4}).json()
+        text = f"<system>be brief\n<user>{TEXTS[0]}\n<assistant>"
+        completion = templated.post("/v1/completions", json={"model": "sst2", "prompt": text, "max_tokens": 4}).json()
+        assert chat["choices"][0]["message"]["content"] == completion["choices"][0]["text"]

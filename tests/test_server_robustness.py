@@ -257,3 +257,29 @@ def test_a_client_that_goes_away_costs_no_forward(served):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_requests_in_flight_are_bounded_but_health_probes_never(served):
+    with TestClient(app_for(served, limit_concurrency=1)) as c:
+        release = held(c)
+        first = threading.Thread(target=lambda: c.post("/v1/predict", json=GOOD))
+        first.start()
+        time.sleep(0.5)
+        refused = c.post("/v1/predict", json=GOOD)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1" and "limit-concurrency" in refused.text
+        assert c.get("/healthz").status_code == 200 and c.get("/metrics").status_code == 200
+        release.set()
+        first.join(60)
+        ok(c)
+
+
+def test_retry_after_on_a_fresh_engine_is_the_floor_not_a_guess(served):
+    with TestClient(app_for(served, max_queued=2)) as c:
+        release = held(c)
+        first = threading.Thread(target=lambda: c.post("/v1/predict", json=GOOD))
+        first.start()
+        time.sleep(0.5)
+        refused = c.post("/v1/predict", json=GOOD)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        release.set()
+        first.join(60)

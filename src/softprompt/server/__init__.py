@@ -1,8 +1,8 @@
 """`softprompt serve`: one frozen backbone, every prompt of a directory, mixed in each batch over HTTP.
 
 FastAPI + uvicorn: the standard Python stack for an ASGI JSON API. uvicorn is run with the
-limits a server facing real traffic needs: a bound on open connections and requests
-(`--limit-concurrency`, a 503 past it), a deadline for each request head (`--header-timeout-s`,
+limits a server facing real traffic needs (the bound on requests in flight, `--limit-concurrency`,
+is the app's own: uvicorn's would count idle connections and shut out /healthz): a deadline for each request head (`--header-timeout-s`,
 so slow-loris connections are closed; uvicorn's own keep-alive timer restarts on every byte), and
 a drain deadline on SIGTERM (`--drain-seconds`, under an orchestrator's 30 s grace period).
 """
@@ -79,5 +79,5 @@ def serve(config: ServeConfig) -> None:
         print(f"softprompt serve: warning: {warning}", file=sys.stderr, flush=True)
     print(f"softprompt serve: {len(model.bank)} prompts on {model.adapter.name} at http://{config.host}:{config.port}", flush=True)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning", http=head_timeout_protocol(config.header_timeout_s),
-                limit_concurrency=config.limit_concurrency, timeout_keep_alive=max(1, int(config.header_timeout_s)),
+                timeout_keep_alive=max(1, int(config.header_timeout_s)),
                 timeout_graceful_shutdown=max(1, int(config.drain_seconds)))

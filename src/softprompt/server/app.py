@@ -7,8 +7,8 @@ request, 503 with Retry-After when overloaded, 504 past the request timeout, and
 for a request the model itself failed on.
 
 Middleware, outermost first: the request log (an id per request, `X-Request-Id`, latency and
-status counted, nothing unhandled reaches the client as a traceback), the access guard (Host
-names, API key), the body limit.
+status counted, nothing unhandled reaches the client as a traceback), the bound on requests in
+flight (health probes exempt), the access guard (Host names, API key), the body limit.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from .config import ServeConfig
 from .edge import RequestError, ServerContext, engine_error_response, error_response
 from .engine import Engine, EngineSettings
 from .errors import EngineError
-from .limits import BodyLimit, endpoint_label, json_error
+from .limits import BodyLimit, ConcurrencyLimit, endpoint_label, json_error
 from .metrics import ServerMetrics
 from .prompts import PromptDirectory
 
@@ -103,7 +103,9 @@ def create_app(model: PromptedModel, directory: PromptDirectory, config: ServeCo
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
-        engine.close(config.drain_seconds)  # after uvicorn has drained in-flight requests
+        # uvicorn has drained in-flight requests for --drain-seconds (and cancelled the rest, which cancels
+        # their jobs): what is left to finish is short, so the whole stop stays under the drain deadline
+        engine.close(min(5.0, config.drain_seconds))
 
     docs = {} if config.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="softprompt", lifespan=lifespan, **docs)
@@ -129,6 +131,7 @@ def create_app(model: PromptedModel, directory: PromptDirectory, config: ServeCo
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=int(config.max_body_mb * 2**20), timeout_s=config.header_timeout_s)
     app.add_middleware(AccessGuard, api_key=api_key, hosts=allowed_hosts(config), admin_token=admin_token)
+    app.add_middleware(ConcurrencyLimit, limit=config.limit_concurrency)
     app.add_middleware(RequestLog, metrics=metrics)
     metrics.prompts_loaded.set(len(model.bank))
     return app

@@ -28,7 +28,7 @@ class ServeConfig:
                                     "past it requests get a 503 with Retry-After")
     request_timeout_s: float = setting(60.0, "a request not finished this long after it arrived is dropped with a 504")
     drain_seconds: float = setting(20.0, "on SIGTERM, how long in-flight requests may finish (under Kubernetes' 30 s grace)")
-    limit_concurrency: int = setting(512, "most open connections and requests at once; uvicorn answers 503 past it")
+    limit_concurrency: int = setting(512, "most requests in flight at once (health probes exempt); a 503 with Retry-After past it")
     header_timeout_s: float = setting(10.0, "a connection that has not sent a whole request head this long is closed "
                                             "(slow clients), also between keep-alive requests")
     stuck_seconds: float = setting(120.0, "/healthz answers 503 when work waits and the model thread has not moved this long")

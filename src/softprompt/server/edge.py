@@ -104,6 +104,9 @@ class ServerContext:
         watcher = asyncio.ensure_future(client_gone(request))
         try:
             await asyncio.wait({waiter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # uvicorn cancels handlers still running at the drain deadline
+            job.cancel()
+            raise
         finally:
             watcher.cancel()
         if not waiter.done():

@@ -53,6 +53,7 @@ from .tokenising import Tokeniser
 from .work import Job, settle
 
 log = logging.getLogger("softprompt.server")
+RATE_WINDOW_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class Engine:
         self.generations = Generations(model, self.metrics, self.tokeniser, self._fail, self._observe_forward)
         self._closing = False
         self._drain_until = math.inf
-        self._throughput = 0.0  # examples per second, smoothed: what Retry-After is estimated from
+        self._finished: deque[tuple[float, int]] = deque()  # (when, cost) of recent jobs: what Retry-After is estimated from
         self._next_hook = time.monotonic() + settings.hook_every_s
         self.heartbeat = time.monotonic()
         self.failure: BaseException | None = None
@@ -148,9 +149,23 @@ class Engine:
     def _forget(self, job: Job) -> None:
         with self._lock:
             self._jobs.pop(id(job), None)
+            if not job.future.cancelled() and job.future.exception() is None:
+                self._finished.append((time.monotonic(), job.cost))
 
     def _retry_after(self) -> float:
-        rate = self._throughput or 1.0
+        """Seconds until the queue would drain at the rate jobs finished over the last `RATE_WINDOW_S` (guarded by _lock).
+
+        Rate and queue are both in cost units (candidates, choices), whole jobs from arrival to
+        result, so generation's decode steps count as much as its prefill. With nothing measured
+        yet (a fresh replica) the answer is the 1 s floor rather than a guess.
+        """
+        now = time.monotonic()
+        while self._finished and now - self._finished[0][0] > RATE_WINDOW_S:
+            self._finished.popleft()
+        if not self._finished:
+            return 1.0
+        span = max(now - self._finished[0][0], 1.0)
+        rate = sum(cost for _, cost in self._finished) / span
         return float(min(60, max(1, math.ceil(self._queued / rate))))
 
     def _started(self, jobs: Sequence[Job]) -> None:
@@ -337,8 +352,6 @@ class Engine:
         seconds = time.perf_counter() - start
         self.metrics.forward_seconds.labels(kind).observe(seconds)
         self.metrics.batch_examples.observe(examples)
-        rate = examples / max(seconds, 1e-6)
-        self._throughput = rate if not self._throughput else 0.8 * self._throughput + 0.2 * rate
 
     # ---- generation ------------------------------------------------------------------------
     def _admit(self) -> None:

@@ -86,3 +86,33 @@ class _TooLarge(HTTPException):
 class _Slow(HTTPException):
     def __init__(self, detail: str):
         super().__init__(408, detail)
+
+
+class ConcurrencyLimit:
+    """ASGI middleware: at most `limit` requests in flight; past it a JSON 503 with `Retry-After: 1`.
+
+    uvicorn's own `limit_concurrency` counts open connections, idle ones too, and past it answers
+    every request, the health probe's included, with a plain-text 503: a few hundred idle sockets
+    would take a replica out of its load balancer. Here only requests count, and /healthz,
+    /readyz and /metrics are never refused; idle connections are bounded by the head timeout.
+    """
+
+    EXEMPT = ("/healthz", "/readyz", "/metrics")
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit, self.in_flight = app, limit, 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("path") in self.EXEMPT:
+            return await self.app(scope, receive, send)
+        if self.in_flight >= self.limit:
+            headers, body = json_error(503, f"{self.in_flight} requests in flight (--limit-concurrency {self.limit}); retry later",
+                                       "unavailable")
+            await send({"type": "http.response.start", "status": 503, "headers": [*headers, (b"retry-after", b"1")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        self.in_flight += 1  # one event loop: no lock needed
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1

@@ -283,3 +283,11 @@ def test_retry_after_on_a_fresh_engine_is_the_floor_not_a_guess(served):
         assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
         release.set()
         first.join(60)
+
+
+def test_chat_without_max_tokens_gets_what_the_context_leaves(client):
+    long = "sentence: " + "fine " * 300  # ~300 tokens: 256 new ones would not fit in the tiny model's 512 positions
+    body = {"model": "sst2", "messages": [{"role": "user", "content": long}]}
+    assert client.post("/v1/chat/completions", json=body).status_code == 200
+    too_many = client.post("/v1/chat/completions", json=body | {"max_tokens": 256})
+    assert too_many.status_code == 400 and "maximum context length" in too_many.json()["error"]["message"]

@@ -63,7 +63,8 @@ class SequenceDecoder:
                 self.generator.manual_seed(sampling.seed + choice)  # n choices of one seed differ, reproducibly
             else:
                 self.generator.seed()
-        self.ids: list[int] = []
+        self.ids: list[int] = []  # without the end token: what the text decodes
+        self.generated = 0  # tokens generated, the end token included
         self.logprobs: list[TokenLogprob] | None = [] if sampling.logprobs is not None else None
         self.text = ""  # the final text so far (stop sequences cut)
         self.sent = 0  # characters of it already streamed
@@ -74,12 +75,13 @@ class SequenceDecoder:
 
     def push(self, token: int, logprob: TokenLogprob | None) -> TokenEvent:
         """Take the next token; ends the sequence at the end token, a stop sequence or max_tokens."""
+        self.generated += 1  # the end token counts (usage) and keeps its log-probability, as OpenAI's do
+        if self.logprobs is not None and logprob is not None:
+            self.logprobs.append(logprob)
         if token == self.eos:
             self.finish_reason = "stop"
             return self._event(self.text, logprob)
         self.ids.append(token)
-        if self.logprobs is not None and logprob is not None:
-            self.logprobs.append(logprob)
         full = self._decode(self.ids)
         cut = earliest_stop(full, self.sampling.stop)
         if cut is not None:

@@ -209,6 +209,7 @@ class Generations:
             out.append(Completion(
                 text=seq.text if seq else "", ids=seq.ids if seq else [], finish_reason=seq.finish_reason if seq else "length",
                 input_ids=features[example].input_ids, logprobs=seq.logprobs if seq else ([] if job.sampling.logprobs is not None else None),
-                prompt_logprobs=prompt_logprobs[example] if prompt_logprobs else None))
+                prompt_logprobs=prompt_logprobs[example] if prompt_logprobs else None,
+                generated=seq.generated if seq else 0))
         return out
 

@@ -26,7 +26,7 @@ def sse(payload: dict | str) -> str:
 def usage(results: Sequence[Completion], n: int) -> dict:
     """Input tokens count once per example (not per choice); generated tokens per choice."""
     read = sum(len(r.input_ids) for r in results[::n])
-    generated = sum(len(r.ids) for r in results)
+    generated = sum(r.generated for r in results)
     return {"prompt_tokens": read, "completion_tokens": generated, "total_tokens": read + generated}
 
 
@@ -44,13 +44,17 @@ def completion_logprobs(entries: Sequence[TokenLogprob | None], start: int = 0) 
 
 
 def completion_choice(index: int, result: Completion, prompt_text: str | None, want_logprobs: bool) -> dict:
-    """One choice; with echo (`prompt_text` given) the text and the log-probabilities start with the input's."""
+    """One choice; with echo (`prompt_text` given) the text and the log-probabilities start with the input's.
+
+    New tokens' offsets count from the end of the echoed text, as a stream's chunks do (the input's
+    tokens decoded one by one need not add up to it: a character split across tokens).
+    """
     text = (prompt_text or "") + result.text
     logprobs = None
     if want_logprobs:
-        entries = list(result.prompt_logprobs or []) if prompt_text is not None else []
-        entries += result.logprobs or []
-        logprobs = completion_logprobs(entries)
+        parts = [completion_logprobs(result.prompt_logprobs or [])] if prompt_text is not None else []
+        parts.append(completion_logprobs(result.logprobs or [], len(prompt_text or "")))
+        logprobs = {key: [value for part in parts for value in part[key]] for key in parts[-1]}  # each list concatenated
     return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": result.finish_reason}
 
 

@@ -118,8 +118,9 @@ async def stream_completion(ctx: ServerContext, body: CompletionRequest, job, ec
             if choice not in offsets:
                 prefix = echoed[choice // n] or ""
                 offsets[choice] = len(prefix)
-                if prefix:
-                    yield sse(completion_chunk(id_, body.model, created, choice, prefix, None, None))
+                if prefix:  # the echoed input first, with its tokens' log-probabilities (computed before any event)
+                    echoed_logprobs = completion_logprobs(job.prompt_logprobs[choice // n]) if want_logprobs else None
+                    yield sse(completion_chunk(id_, body.model, created, choice, prefix, echoed_logprobs, None))
             logprobs = completion_logprobs([event.token], offsets[choice]) if want_logprobs and event.token else None
             if event.token:
                 offsets[choice] += len(event.token.text)
@@ -170,7 +171,9 @@ async def chat_completions(body: ChatRequest, request: Request):
     max_tokens = body.max_completion_tokens or body.max_tokens or ctx.config.max_tokens_limit
     top = (body.top_logprobs or 0) if body.logprobs else None
     sampling = sampling_for(ctx, body, max_tokens, top)
-    job = ctx.job(kind="generate", items=[Item(body.model, text=text, param="messages")], sampling=sampling, strict=True)
+    unset = body.max_completion_tokens is None and body.max_tokens is None  # then: what the context leaves, up to the limit
+    job = ctx.job(kind="generate", items=[Item(body.model, text=text, param="messages")], sampling=sampling, strict=True,
+                  fit_max_tokens=unset)
     if body.stream:
         return StreamingResponse(stream_chat(ctx, body, job), media_type="text/event-stream")
     results = await ctx.run(request, job)

@@ -8,6 +8,8 @@ that (`strict`) instead of the cut `softprompt predict` makes.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..data import Features, encode, target_ids
 from ..errors import SoftpromptError
 from ..model import PromptedModel
@@ -46,6 +48,10 @@ class Tokeniser:
                                        item.param) from None
             if not ids:
                 raise InvalidInput(f"field {item.param!r} is empty", item.param)
+            room = adapter.max_positions - adapter.sequence_positions(record.length, len(ids), 0)
+            if job.fit_max_tokens and 1 <= room < new_tokens:  # no max_tokens asked for: what the context leaves
+                new_tokens = room
+                job.sampling = replace(job.sampling, max_tokens=room)
             needed = adapter.sequence_positions(record.length, len(ids), new_tokens)
             if needed > adapter.max_positions:
                 raise ContextTooLong(

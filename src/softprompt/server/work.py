@@ -57,6 +57,7 @@ class Completion:
     input_ids: list[int]
     logprobs: list[TokenLogprob] | None = None
     prompt_logprobs: list[TokenLogprob] | None = None  # echo: each input token given what came before
+    generated: int = 0  # tokens generated, an end token included (ids leave it out)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class Job:
     sampling: Sampling = field(default_factory=Sampling)
     echo: bool = False  # generation: also score the input tokens (needs sampling.logprobs)
     strict: bool = False  # refuse an input too long for the prompt (OpenAI) instead of cutting it (predict)
+    fit_max_tokens: bool = False  # max_tokens was not given: as many as the positions leave, up to sampling.max_tokens
     sink: Callable[[TokenEvent], None] | None = None
     timeout_s: float = 60.0
     future: Future = field(default_factory=Future)

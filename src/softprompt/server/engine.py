@@ -151,6 +151,13 @@ class Engine:
             self._jobs.pop(id(job), None)
             if not job.future.cancelled() and job.future.exception() is None:
                 self._finished.append((time.monotonic(), job.cost))
+            self._prune_finished()
+
+    def _prune_finished(self) -> None:
+        """Keep only the last `RATE_WINDOW_S` of finished jobs (guarded by _lock): bounded on any server, overloaded or not."""
+        now = time.monotonic()
+        while self._finished and now - self._finished[0][0] > RATE_WINDOW_S:
+            self._finished.popleft()
 
     def _retry_after(self) -> float:
         """Seconds until the queue would drain at the rate jobs finished over the last `RATE_WINDOW_S` (guarded by _lock).
@@ -159,11 +166,10 @@ class Engine:
         result, so generation's decode steps count as much as its prefill. With nothing measured
         yet (a fresh replica) the answer is the 1 s floor rather than a guess.
         """
-        now = time.monotonic()
-        while self._finished and now - self._finished[0][0] > RATE_WINDOW_S:
-            self._finished.popleft()
+        self._prune_finished()
         if not self._finished:
             return 1.0
+        now = time.monotonic()
         span = max(now - self._finished[0][0], 1.0)
         rate = sum(cost for _, cost in self._finished) / span
         return float(min(60, max(1, math.ceil(self._queued / rate))))

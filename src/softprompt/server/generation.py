@@ -32,8 +32,8 @@ log = logging.getLogger("softprompt.server")
 class Cohort:
     """Sequences that started generating together: one decode state, one row per sequence."""
 
-    def __init__(self, state, logits: torch.Tensor, rows: list[tuple[Job, SequenceDecoder]], started: float):
-        self.state, self.logits, self.rows, self.started = state, logits, rows, started
+    def __init__(self, state, logits: torch.Tensor, rows: list[tuple[Job, SequenceDecoder]]):
+        self.state, self.logits, self.rows = state, logits, rows
 
     def keep(self, keep: list[int]) -> None:
         if keep and len(keep) < len(self.rows):
@@ -76,7 +76,7 @@ class Generations:
             return
         logits = torch.cat([c.logits for c in self.cohorts])  # (rows, V)
         rows = [row for c in self.cohorts for row in c.rows]
-        self.cohorts = [Cohort(state, logits, rows, min(c.started for c in self.cohorts))]
+        self.cohorts = [Cohort(state, logits, rows)]
 
     @torch.no_grad()
     def prefill(self, group: list[tuple[Job, list[Features]]]) -> Cohort | None:
@@ -109,7 +109,7 @@ class Generations:
         if len(expand) != len(features) or expand != list(range(len(features))):
             state.select(index)  # (b, ...) -> (rows, ...): one row per choice
             logits = logits[index]
-        return Cohort(state, logits, rows, time.monotonic())
+        return Cohort(state, logits, rows)
 
     def _decode(self, ids: list[int]) -> str:
         return self.model.adapter.tokenizer.decode(ids, skip_special_tokens=True)

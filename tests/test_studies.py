@@ -25,7 +25,7 @@ from softprompt.studies.verdicts import NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED
 from softprompt.tasks import get_task
 
 torch.set_num_threads(1)
-TINY = ["--max-steps", "2", "--eval-examples", "8", "--seeds", "2", "--quiet"]
+TINY = ["--max-steps", "2", "--eval-examples", "8", "--select-examples", "16", "--seeds", "2", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -78,13 +78,16 @@ def test_training_study_writes_its_three_files(capsys, tmp_path, t5_dir, name, s
     assert [r["setting"] for r in rows] == settings * 2 and [r["seed"] for r in rows] == [0] * len(settings) + [1] * len(settings)
     for row in rows:
         assert row["steps"] == 2 and row["config"]["max_steps"] == 2 and row["config"]["eval_examples"] == 8
-        assert row["config"]["output"] == str(tmp_path / name / "runs" / row["key"])
+        assert row["config"]["output"] == str(tmp_path / row["run"]) and row["run"].startswith("points/cb-")  # the shared run cache
+        accuracy = row["metrics"]["accuracy"]  # on the dev set, at the step chosen on held-out training examples
+        assert len(row["dev_correct"]) == 8 and accuracy == pytest.approx(row["dev_correct"].count("1") / 8)
         assert (Path(row["config"]["output"]) / "prompt.safetensors").is_file()
         assert row["metric"] == "f1_macro" and 0 <= row["score"] <= 1 and row["chance"] is not None
     lengths = [r["config"]["prompt"]["length"] for r in rows]
     assert lengths == ([1, 5, 20, 100, 150] * 2 if name == "length" else [100] * 6)
     table = (tmp_path / name / "table.md").read_text()
-    assert "2 steps at batch 32, first 8 dev examples, 2 seed(s)" in table and t5_dir.name in table
+    assert "at batch 32, step chosen on 16 held-out training examples, first 8 dev examples scored at it, 2 seed(s)" in table
+    assert t5_dir.name in table
     assert all(f"| {s} |" in table for s in settings) and "±" in table
     assert (tmp_path / name / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -93,8 +96,10 @@ def test_rerun_skips_finished_points_and_resumes_a_torn_study(capsys, tmp_path, 
     args = ("--model", t5_dir, "--task", "cb")
     assert study(capsys, "init", tmp_path, *args)[0] == 0
     lines = (tmp_path / "init" / "results.jsonl").read_text().splitlines()
-    # An interrupted study: the last two points never wrote their line; one left a half-trained run directory.
+    # An interrupted study: the last two points never wrote their record (nor the study its results.jsonl).
     (tmp_path / "init" / "results.jsonl").write_text("\n".join(lines[:4]) + "\n")
+    for line in lines[4:]:
+        StudyFolder(tmp_path, "init").record_path(json.loads(line)["key"]).unlink()
     last = json.loads(lines[-1])
     checkpoint = Path(last["config"]["output"]) / "checkpoint.pt"
     before = checkpoint.stat().st_mtime_ns

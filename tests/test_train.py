@@ -218,3 +218,36 @@ def test_progress_bar_ends_where_a_timed_run_ends():
     assert step < 100 and stopper.bar.total < 1000, "the total was re-estimated from the speed"
     stopper.close()
     assert stopper.bar.total == stopper.bar.n == step
+
+
+@pytest.mark.parametrize("tune", ["prompt", "model"])
+def test_select_split_chooses_the_step_and_scores_dev_at_it(saved_backbone, tmp_path, data_dir, tune):
+    """With --select-examples the step is chosen on held-out training rows; the dev set is scored at that step and the last."""
+    overrides = dict(tune="model", lr=1e-3, prompt=PromptConfig(length=0)) if tune == "model" else {}
+    config = tiny_config(saved_backbone, tmp_path / "run", data_dir=str(data_dir), select_examples=12, eval_examples=None, **overrides)
+    result = train(config, progress=False)
+    log = [json.loads(line) for line in (result.output / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in log if "eval" in r]
+    assert evals and all(r["split"] == "select" for r in evals)
+    assert result.best_step == max(evals, key=lambda r: r["eval"]["accuracy"])["step"]
+    predictions = json.loads((result.output / "dev_predictions.json").read_text())
+    dev = get_task("cb").load("validation", data_dir)
+    assert len(predictions["best"]) == len(predictions["last"]) == len(dev) == 56  # the full CB dev set
+    accuracy = {k: sum(p == e.target for p, e in zip(predictions[k], dev)) / len(dev) for k in ("best", "last")}
+    assert result.dev_best["accuracy"] == pytest.approx(accuracy["best"]) and result.dev_last["accuracy"] == pytest.approx(accuracy["last"])
+    saved = json.loads((result.output / "result.json").read_text())
+    assert saved["dev_best"] == result.dev_best and saved["dev_last"] == result.dev_last
+    again = train(config, resume=True, progress=False)  # a finished run: nothing is scored again
+    assert again.dev_best == result.dev_best and (result.output / "metrics.jsonl").read_text().count("dev_best") == 1
+
+
+def test_select_split_is_fixed_and_disjoint(data_dir):
+    from softprompt.tasks import hold_out
+
+    train_rows = get_task("cb").load("train", data_dir)
+    rest, held = hold_out(train_rows, 50, "cb train")
+    rest2, held2 = hold_out(train_rows, 50, "cb train")
+    assert held == held2 and len(held) == 50 and len(rest) == len(train_rows) - 50
+    assert not {id(e) for e in held} & {id(e) for e in rest}
+    with pytest.raises(SoftpromptError, match="select_examples=250 .*only 250 examples"):
+        hold_out(train_rows, 250, "cb train")

@@ -202,7 +202,7 @@ def cmd_study(args: argparse.Namespace) -> None:
 
     outcome = run_study(config_from_args(StudyConfig, args, {"name": args.name}), progress=not args.quiet)
     print(json.dumps({"study": str(outcome.folder), "ran": outcome.ran, "skipped": outcome.skipped,
-                      "table": str(outcome.table), "plot": str(outcome.plot)}))
+                      "table": outcome.table and str(outcome.table), "plot": outcome.plot and str(outcome.plot)}))
 
 
 def cmd_report(args: argparse.Namespace) -> None:

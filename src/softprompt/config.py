@@ -131,6 +131,9 @@ class TrainConfig:
     train_examples: int | None = setting(None, "train on the first N training examples only (default: all)")
     eval_every: int = setting(1000, "steps between dev evaluations")
     eval_examples: int | None = setting(None, "evaluate on the first N dev examples only (default: all)")
+    select_examples: int | None = setting(None, "choose the best step on N examples held out of the training split (a fixed "
+                                          "sample), then score the full dev set at that step and the last; default: "
+                                          "choose on the dev set itself (the paper's early stopping)")
     eval_method: EvalMethod = setting("rank", "model selection by rank classification or generation")
     eval_batch_size: int = setting(64, "examples per evaluation batch")
     checkpoint_every: int = setting(100, "steps between checkpoints")
@@ -151,7 +154,7 @@ class TrainConfig:
         check_fields(self)
         at_least(self, 0, "max_steps")
         at_least(self, 1, "batch_size", "eval_every", "eval_batch_size", "checkpoint_every", "log_every",
-                 "train_examples", "eval_examples")
+                 "train_examples", "eval_examples", "select_examples")
         at_least(self, 2, "max_input_length", "max_target_length")
         for name in ("lr", "max_minutes"):
             value = getattr(self, name)

@@ -89,8 +89,11 @@ def best_candidate(options: Sequence[str], scores: Sequence[float]) -> str:
 
 
 def evaluate(model: PromptedModel, task: Task, examples: Sequence[Example], prompt: str, method: str = "rank",
-             batch_size: int = 64, progress: bool = False) -> dict[str, float]:
+             batch_size: int = 64, progress: bool = False, outputs: dict[str, list[str]] | None = None) -> dict[str, float]:
     """The task's metrics for prompt `prompt`; `method` is "rank", "generate" or "both".
+
+    `outputs`, when given, receives each method's output texts in example order (for per-example
+    statistics: a paired bootstrap over dev examples needs to know which examples each run got right).
 
     Rank classification applies to examples with candidates; where a task has none (free-text
     answers, WSC) generation is used instead. Keys are prefixed by the method when both run.
@@ -111,6 +114,8 @@ def evaluate(model: PromptedModel, task: Task, examples: Sequence[Example], prom
         else:
             max_new = max(len(target_ids(model.adapter, record, e.target)) for e in examples) + 2
             texts = generate_texts(model, features, batch_size, max(max_new, 4), progress)
+        if outputs is not None:
+            outputs[name] = texts
         scores = task.metric(texts, examples)
         if name == "generate" and all(e.candidates for e in examples):
             scores["invalid"] = float(sum(t not in e.candidates for t, e in zip(texts, examples)))

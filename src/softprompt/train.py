@@ -5,6 +5,11 @@ A run lives in its output directory (run.py): `run.json` (the config), `checkpoi
 evaluations), and the best prompt as `prompt.safetensors` + `prompt.json`. `resume=True`
 continues from the checkpoint and ends with the same prompt as an uninterrupted run.
 
+With `select_examples`, the best step is chosen on examples held out of the training split and
+the dev set is scored once at the end, at the chosen step and at the last one (`result.json`'s
+`dev_best` / `dev_last`, each example's output in `dev_predictions.json`), so the reported dev
+score was not used to choose the step.
+
 `tune="model"` is the paper's model-tuning baseline: every backbone weight trains too (use a lower
 lr, T5 fine-tuning's 1e-3, and `--prompt-length 0` for no prompt), and the best backbone is saved
 in `backbone/` beside the prompt.
@@ -17,18 +22,21 @@ from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file
+
 from .config import TrainConfig, normalised
 from .data import BatchStream, collate, encode_all
 from .device import autocast, enable_tf32, to_device
 from .evaluate import evaluate
-from .files import atomic_folder
+from .files import atomic_folder, write_json_atomic
 from .model import TUNED_BACKBONE_DIR, PromptedModel, build_model
 from .optim import WeightAverage, learning_rate, make_optimizer, trainable_parameters
-from .prompt_io import WEIGHTS_NAME, save_prompt
+from .prompt_io import WEIGHTS_NAME, load_prompt, save_prompt
 from .run import RunDir, Stopper, random_states, restore_random_states, seed_everything
-from .tasks import load_task, require_examples, resolve_data_dir
+from .tasks import hold_out, load_task, require_examples, resolve_data_dir
 
-CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FILE, PREDICTIONS_FILE = "checkpoint.pt", "dev_predictions.json"
 # Fields that may change when a run is resumed; any other difference means a different run.
 RESUMABLE_FIELDS = {"max_steps", "max_minutes", "eval_batch_size", "log_every", "device", "compile"}
 
@@ -38,8 +46,15 @@ class TrainResult:
     output: Path
     steps: int
     best_step: int
-    best_metrics: dict[str, float]
+    best_metrics: dict[str, float]  # on the selection split (held-out training examples, else dev)
     seconds: float
+    dev_best: dict[str, float] | None = None  # with select_examples: the full dev set at the best step
+    dev_last: dict[str, float] | None = None  # ... and at the last step
+    metric: str | None = None  # the task's primary metric, the one the best step was chosen by
+
+    def __post_init__(self) -> None:
+        if self.metric is None and self.best_metrics:
+            self.metric = next(iter(self.best_metrics))
 
 
 def save_tuned_backbone(model: PromptedModel, directory: Path) -> None:
@@ -60,7 +75,11 @@ class Loop:
         self.task = load_task(config.task, config.task_spec)
         data_dir = resolve_data_dir(config.data_dir)
         load = self.task.load
-        self.train_examples = require_examples(self.task, "train", data_dir, load("train", data_dir)[: config.train_examples])
+        train_examples = require_examples(self.task, "train", data_dir, load("train", data_dir))
+        self.select_examples = None
+        if config.select_examples is not None:
+            train_examples, self.select_examples = hold_out(train_examples, config.select_examples, self.task.describe("train", data_dir))
+        self.train_examples = train_examples[: config.train_examples]
         self.dev_examples = require_examples(self.task, "validation", data_dir, load("validation", data_dir)[: config.eval_examples])
         seed_everything(config.seed)
         self.model, self.note = build_model(config, self.task)
@@ -71,7 +90,7 @@ class Loop:
         self.lr = learning_rate(config, self.model.adapter)
         self.optimizer = make_optimizer(params, config, self.lr)
         self.average = WeightAverage(params, config.ema_decay) if config.ema_decay is not None else None
-        self.state = {"step": 0, "best_step": -1, "best_metrics": {}, "evaluated_at": -1}
+        self.state = {"step": 0, "best_step": -1, "best_metrics": {}, "evaluated_at": -1, "final": None}
 
     def start(self) -> int:
         """Write the run directory and restore its checkpoint, if any; returns the checkpoint's step (or -1)."""
@@ -101,16 +120,23 @@ class Loop:
             "average": [t.cpu() for t in average.averages] if average is not None else None,
         })
 
+    def scores(self, examples: list, outputs: dict[str, list[str]] | None = None) -> dict[str, float]:
+        """The task's metrics on `examples` for the weights as they are now."""
+        self.model.eval()
+        with autocast(self.config.precision, self.model.device):
+            metrics = evaluate(self.model, self.task, examples, self.name, self.config.eval_method, self.config.eval_batch_size,
+                               outputs=outputs)
+        self.model.train()
+        return metrics
+
     def evaluate(self) -> None:
-        """Score the dev split (with the average swapped in, if any); keep the prompt if it is the best so far."""
+        """Score the selection split (with the average swapped in, if any); keep the prompt if it is the best so far."""
         config, model, step = self.config, self.model, self.state["step"]
         self.state["evaluated_at"] = step
         with self.average.swapped_in() if self.average is not None else nullcontext():
-            model.eval()
-            with autocast(config.precision, model.device):
-                metrics = evaluate(model, self.task, self.dev_examples, self.name, config.eval_method, config.eval_batch_size)
-            model.train()
-            self.run.log({"step": step, "eval": metrics})
+            selection = self.select_examples if self.select_examples is not None else self.dev_examples
+            metrics = self.scores(selection)
+            self.run.log({"step": step, "eval": metrics, "split": "select" if self.select_examples is not None else "validation"})
             key, best = next(iter(metrics)), self.state["best_metrics"]
             if not best or metrics[key] > best[key]:
                 self.state.update(best_step=step, best_metrics=metrics)
@@ -119,6 +145,34 @@ class Loop:
                 save_prompt(self.run.output, record.weight, metadata)
                 if config.tune == "model":
                     save_tuned_backbone(model, self.run.output / TUNED_BACKBONE_DIR)
+
+    def score_dev(self) -> None:
+        """The full dev set at the last step and at the chosen one (its weights read back from the saved files)."""
+        step, best_step = self.state["step"], self.state["best_step"]
+        last_outputs: dict[str, list[str]] = {}
+        best_outputs: dict[str, list[str]] = {}
+        with self.average.swapped_in() if self.average is not None else nullcontext():
+            last = self.scores(self.dev_examples, last_outputs)
+        current = {k: v.detach().clone() for k, v in self.model.named_parameters() if v.requires_grad}
+        self.load_saved_best()
+        best = self.scores(self.dev_examples, best_outputs)
+        self.model.load_state_dict(current, strict=False)
+        method = next(iter(last_outputs))
+        write_json_atomic(self.run.output / PREDICTIONS_FILE, {
+            "method": method, "best_step": best_step, "last_step": step, "targets": [e.target for e in self.dev_examples],
+            "best": best_outputs[method], "last": last_outputs[method]})
+        self.state["final"] = {"at": step, "dev_best": best, "dev_last": last}
+        self.run.log({"step": step, "dev_best": best, "dev_last": last, "best_step": best_step})
+
+    def load_saved_best(self) -> None:
+        """Put the weights `evaluate` saved at the best step back into the model (the prompt; model tuning: the backbone too)."""
+        weight, _ = load_prompt(self.run.output)
+        with torch.no_grad():
+            self.model.bank[self.name].weight.copy_(weight.to(self.model.device))
+            if self.config.tune == "model":
+                folder = self.run.output / TUNED_BACKBONE_DIR
+                for path in sorted(folder.glob("*.safetensors")):
+                    self.model.backbone.load_state_dict(load_file(str(path), device=str(self.model.device)), strict=False)
 
     def step(self) -> float:
         """One optimizer step on the next batch; returns its loss."""
@@ -164,11 +218,18 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     stopper = Stopper(config.max_steps, config.max_minutes, loop.state["step"], f"train {loop.name}", progress)
     loop.loop(stopper)
     stopper.close()
+    changed = loop.state["step"] != restored_step
     if loop.state["evaluated_at"] != loop.state["step"]:
         loop.evaluate()
-    if loop.state["step"] != restored_step:
+    final = loop.state["final"]
+    if config.select_examples is not None and (final is None or final["at"] != loop.state["step"]):
+        loop.score_dev()
+        changed = True
+    if changed:
         loop.save_state()
-    state, seconds = loop.state, stopper.elapsed()
+    state, seconds, final = loop.state, stopper.elapsed(), loop.state["final"] or {}
     loop.run.write_result({"steps": state["step"], "best_step": state["best_step"], "best_metrics": state["best_metrics"],
-                           "seconds": round(seconds, 1)})
-    return TrainResult(loop.run.output, state["step"], state["best_step"], state["best_metrics"], seconds)
+                           "metric": next(iter(state["best_metrics"]), None),
+                           "seconds": round(seconds, 1), **({k: final[k] for k in ("dev_best", "dev_last")} if final else {})})
+    return TrainResult(loop.run.output, state["step"], state["best_step"], state["best_metrics"], seconds,
+                       final.get("dev_best"), final.get("dev_last"))

@@ -1,7 +1,9 @@
 """What every study is: a list of run points, how one point runs, and the rule that judges the result.
 
 A point is a full typed config (a `TrainConfig` where the point trains) plus its setting label and
-seed; its run directory is ROOT/NAME/runs/KEY, so the training loop's own exact resume carries an
+seed. A training point's run directory is keyed by its normalised config, ROOT/points/TASK-HASH
+(runs.py), so a second study under the same ROOT that needs the same run (p = 100 class-label is
+the default cell of several) reuses it, and the training loop's own exact resume carries an
 interrupted point on. A study module subclasses `Study`, lists its points and, where a point is not
 a plain training run (an ensemble scored in one batch, neighbours of a prompt), says how it runs.
 """
@@ -21,6 +23,7 @@ from ..train import train
 from .config import QUICK_BUDGET, Budget, StudyConfig, resolve_budget
 from .folder import StudyFolder
 from .plot import plot_rows
+from .runs import cached_output, finished_result, point_lock, run_summary
 from .summary import Row, markdown_table, models_of, summarise
 from .verdicts import Finding, Verdict
 
@@ -50,6 +53,7 @@ class Context:
     progress: bool = False
     _backbones: dict[str, Backbone] = field(default_factory=dict)
     _dev: dict[str, list[Example]] = field(default_factory=dict)
+    _outputs: dict[str, Path] = field(default_factory=dict)  # point key -> its run directory
 
     def backbone(self, model: str) -> Backbone:
         """The frozen backbone `model`, loaded once per study (for counts, kinds and neighbours)."""
@@ -72,10 +76,17 @@ class Context:
             task=self.task, model=model, output=str(self.folder.run_dir(key)), data_dir=self.config.data_dir,
             max_steps=budget.steps, batch_size=budget.batch_size, eval_every=budget.eval_every,
             eval_examples=budget.eval_examples, checkpoint_every=max(1, min(100, budget.steps)), seed=seed,
-            device=self.config.device, prompt=prompt or PromptConfig(),
+            device=self.config.device, prompt=prompt or PromptConfig(), select_examples=budget.select_examples,
         )
         values.update(overrides)
-        return TrainConfig(**values)
+        config = TrainConfig(**values)
+        config = replace(config, output=str(cached_output(self.folder.root, config)))
+        self._outputs[key] = Path(config.output)
+        return config
+
+    def run_dir(self, key: str) -> Path:
+        """Where point `key` keeps its files: its shared run directory if it trains, else ROOT/NAME/runs/KEY."""
+        return self._outputs.get(key) or self.folder.run_dir(key)
 
 
 def model_keys(models: tuple[str, ...]) -> dict[str, str]:
@@ -157,16 +168,21 @@ class Study:
 
 
 def training_record(ctx: Context, point: Point) -> dict[str, Any]:
-    """Train `point.config` (resuming its directory, a no-op when finished) and describe the result."""
-    result = train(point.config, resume=True, progress=ctx.progress)
-    task = load_task(point.config.task, point.config.task_spec)
-    metric, score = next(iter(result.best_metrics.items()))
+    """Train `point.config` (or take its finished run from the shared run directory) and describe the result.
+
+    With a selection split, `score` is the full dev set at the step chosen on held-out training
+    examples (`score_last`: at the last step; `select_score`: the chosen step's held-out score), and
+    `dev_correct` says which dev examples the chosen step got right, for paired per-example tests.
+    """
+    config = point.config
+    with point_lock(config.output):
+        result = finished_result(config) or train(config, resume=True, progress=ctx.progress)
+    task = load_task(config.task, config.task_spec)
     backbone = ctx.backbone(point.model)
     return {
-        "metric": metric, "score": score, "metrics": result.best_metrics, "steps": result.steps, "best_step": result.best_step,
-        "seconds": round(result.seconds, 1), "chance": majority_score(task, ctx.dev_examples(task)),
+        **run_summary(result, Path(config.output), ctx.folder.root), "chance": majority_score(task, ctx.dev_examples(task)),
         "parameters": sum(p.numel() for p in backbone.model.parameters()),
-        "tuned_parameters": tuned_parameters(point.config, backbone),
+        "tuned_parameters": tuned_parameters(config, backbone),
     }
 
 

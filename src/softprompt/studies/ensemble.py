@@ -89,7 +89,7 @@ def ensemble_record(ctx: Context, point: Point) -> dict[str, Any]:
     task = load_task(ctx.task)
     examples = ctx.dev_examples(task)
     model = PromptedModel(ctx.backbone(point.model)).eval()
-    names = [model.load_prompt(ctx.folder.run_dir(key), f"seed{k}") for k, key in enumerate(point.extra["members"])]
+    names = [model.load_prompt(ctx.run_dir(key), f"seed{k}") for k, key in enumerate(point.extra["members"])]
     n = len(names)
     features = [encode(model.adapter, name, model.bank[name], e, with_target=False) for e in examples for name in names]  # (E * n)
     candidates = [e.candidates for e in examples for _ in names]

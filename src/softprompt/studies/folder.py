@@ -1,10 +1,11 @@
-"""A study's folder, ROOT/NAME/: its saved config, one run directory per point, and results.jsonl.
+"""A study's folder, ROOT/NAME/: its saved config, a record file per finished point, and results.jsonl.
 
-`results.jsonl` is the hand-off between running a study and reporting on it (tables, plots,
-REPORT.md read only this file): one whole JSON line per finished point, written with a single
-`os.write` on a file opened with O_APPEND, so a killed study leaves whole lines only and a
-rerun skips exactly the points whose line is there. `study.json` is the config the results were
-made with; a rerun with another config is refused instead of mixing two studies in one file.
+Each finished point writes `records/KEY.json` atomically (a file of its own, never an append to a
+shared one, so shards on several machines and a shared filesystem cannot tear or interleave it);
+a rerun skips exactly the points whose record is there. The last, unsharded call gathers the
+records into `results.jsonl` in the study's order: the hand-off to tables, plots and REPORT.md.
+`study.json` is the config the results were made with; a rerun with another config is refused
+instead of mixing two studies in one folder.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SoftpromptError
-from ..files import write_json_atomic
+from ..files import write_json_atomic, write_text_atomic
 from ..run import check_writable, config_differences
 
-STUDY_FILE, RESULTS_FILE, TABLE_FILE, PLOT_FILE, RUNS_DIR = "study.json", "results.jsonl", "table.md", "plot.png", "runs"
+STUDY_FILE, RESULTS_FILE, TABLE_FILE, PLOT_FILE, RUNS_DIR, RECORDS_DIR = (
+    "study.json", "results.jsonl", "table.md", "plot.png", "runs", "records")
 
 
 class StudyFolder:
@@ -63,8 +65,34 @@ class StudyFolder:
     def saved_config(self) -> dict[str, Any]:
         return json.loads((self.path / STUDY_FILE).read_text(encoding="utf-8"))
 
+    def record_path(self, key: str) -> Path:
+        return self.path / RECORDS_DIR / (key.replace("/", "__") + ".json")
+
+    def save_record(self, record: dict[str, Any]) -> None:
+        """One finished point, in a file of its own, written atomically."""
+        path = self.record_path(record["key"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, record)
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        """Every finished point by key: the record files, and the lines of results.jsonl (older studies have only those)."""
+        found = {record["key"]: record for record in self.results()}
+        for path in sorted((self.path / RECORDS_DIR).glob("*.json")):
+            try:
+                record = json.loads(path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise SoftpromptError(f"{path}: not a whole JSON record; delete it to rerun that point") from None
+            found[record["key"]] = record
+        return found
+
+    def write_results(self, order: list[str]) -> None:
+        """results.jsonl from the records, in the study's point order (then any others), replaced atomically."""
+        records = self.records()
+        keys = [k for k in order if k in records] + [k for k in records if k not in order]
+        write_text_atomic(self.results_path, "".join(json.dumps(records[k], sort_keys=True) + "\n" for k in keys))
+
     def results(self) -> list[dict[str, Any]]:
-        """The finished points' records, in the order they finished."""
+        """The records gathered in results.jsonl, in the study's order."""
         if not self.results_path.is_file():
             return []
         records = []

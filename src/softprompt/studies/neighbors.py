@@ -65,12 +65,12 @@ class NeighborsStudy(Study):
             for model in ctx.models:
                 key = f"{keys[model]}/prompt/seed{seed}"
                 points += [Point(key, TRAINED, model, seed, ctx.train_config(key, model, seed)),
-                           Point(f"{keys[model]}/random/seed{seed}", RANDOM, model, seed, extra={"prompt_dir": str(ctx.folder.run_dir(key))})]
+                           Point(f"{keys[model]}/random/seed{seed}", RANDOM, model, seed, extra={"prompt_dir": str(ctx.run_dir(key))})]
         return points
 
     def run_point(self, ctx: Context, point: Point) -> dict[str, Any]:
         record = training_record(ctx, point) if point.config is not None else {}
-        directory = Path(point.extra.get("prompt_dir") or ctx.folder.run_dir(point.key))
+        directory = Path(point.extra.get("prompt_dir") or ctx.run_dir(point.key))
         weight, metadata = load_prompt(directory)
         if point.setting.startswith(RANDOM):
             generator = torch.Generator().manual_seed(10_000 + point.seed)

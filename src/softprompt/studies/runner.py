@@ -1,24 +1,32 @@
-"""Running a study: check everything, then run each unfinished point and append its line; then table and plot.
+"""Running a study: check everything, then run each unfinished point and save its record; then table and plot.
 
 The order is what makes a study safe to kill and rerun: all bad input (unknown study, task, a
 backbone the study cannot use, a label map naming a missing label, a folder holding another study
-config) is refused before anything is written; each point's line is appended only once the point
-has finished; a rerun skips the points whose line is present and resumes the one in progress from
-its run directory's checkpoint.
+config) is refused before anything is written; each point's record is saved only once the point
+has finished; a rerun skips the points that have one and resumes the one in progress from its
+run directory's checkpoint.
+
+Scale-out: `--shard K/N` runs only every N-th training point (from the K-th), so N machines or
+array jobs share one output folder; `--workers N` starts N such shards as local processes with one
+torch thread each. Points that train nothing but read other points (the ensemble's vote, the
+neighbours' controls) are left to the last call without `--shard`, which runs whatever is left
+and writes results.jsonl, the table and the plot.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import shlex
 import time
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..config import normalised
 from ..files import write_text_atomic
 from .base import Study
-from .config import Budget, StudyConfig, saved_form
+from .config import Budget, StudyConfig, saved_form, shard_of
 from .folder import PLOT_FILE, TABLE_FILE, StudyFolder
 from .registry import get_study
 from .summary import budget_line
@@ -30,12 +38,12 @@ class StudyOutcome:
     folder: Path
     ran: int  # points run by this call
     skipped: int  # points already finished
-    table: Path
-    plot: Path
+    table: Path | None  # None for a shard: the last call writes the table and plot
+    plot: Path | None
 
 
 def run_study(config: StudyConfig, progress: bool = False) -> StudyOutcome:
-    """Run (or resume) study `config.name` under `config.output`; writes results.jsonl, table.md, plot.png.
+    """Run (or resume) study `config.name` under `config.output`; writes the records, results.jsonl, table.md, plot.png.
 
     Raises SoftpromptError for an unknown study, a task or backbone it cannot use, or an output
     folder made with a different study config, before writing anything.
@@ -47,9 +55,15 @@ def run_study(config: StudyConfig, progress: bool = False) -> StudyOutcome:
     ctx.folder.check(form)
     points = study.points(ctx)
     ctx.folder.start(form)
-    done = {record["key"]: record for record in ctx.folder.results()}
+    if config.workers > 1:
+        run_workers(config)
+    mine = points
+    if config.shard is not None:
+        k, n = shard_of(config.shard)
+        mine = [p for i, p in enumerate(p for p in points if p.config is not None and p.config.max_steps > 0) if i % n == k - 1]
+    done = ctx.folder.records()
     ran = 0
-    for point in points:
+    for point in mine:
         if point.key in done:
             continue
         started = time.perf_counter()
@@ -57,11 +71,37 @@ def run_study(config: StudyConfig, progress: bool = False) -> StudyOutcome:
         record = {"study": study.name, "key": point.key, "setting": point.setting, "model": point.model, "seed": point.seed,
                   "x": point.x, "config": normalised(point.config) if point.config is not None else None, **metrics,
                   "point_seconds": round(time.perf_counter() - started, 1)}
-        ctx.folder.append(record)
+        ctx.folder.save_record(record)
         done[point.key] = record
         ran += 1
+    if config.shard is not None:
+        return StudyOutcome(ctx.folder.path, ran, len(mine) - ran, None, None)
+    ctx.folder.write_results([p.key for p in points])
     table, plot = write_outputs(study, ctx.folder)
     return StudyOutcome(ctx.folder.path, ran, len(points) - ran, table, plot)
+
+
+def run_workers(config: StudyConfig) -> None:
+    """Run shards 1..N of the study as N local processes (one torch thread each); returns when all have finished.
+
+    A failing shard's error is raised here (the others run to their end first), so the last pass
+    does not start on a half-finished study.
+    """
+    n = config.workers
+    shards = [replace(config, workers=1, shard=f"{k}/{n}") for k in range(1, n + 1)]
+    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=one_thread) as pool:
+        futures = [pool.submit(run_study, shard, False) for shard in shards]
+        errors = [f.exception() for f in futures]
+    for error in errors:
+        if error is not None:
+            raise error
+
+
+def one_thread() -> None:
+    """A worker's torch uses one intra-op thread, so N workers share N cores instead of fighting over them."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def write_outputs(study: Study, folder: StudyFolder) -> tuple[Path, Path]:
@@ -101,7 +141,8 @@ def command_line(saved: dict[str, Any], root: Path) -> str:
     """
     parts = ["softprompt", "study", saved["name"], *(["--quick"] if saved.get("quick") else [])]
     parts += [piece for model in saved.get("model") or [] for piece in ("--model", model)]
-    for key in ("task", "target_task", "label_map", "lm_steps", "seeds", "max_steps", "eval_examples", "data_dir"):
+    for key in ("task", "target_task", "label_map", "lm_steps", "seeds", "max_steps", "eval_every", "eval_examples", "select_examples",
+                "data_dir"):
         value = saved.get(key)
         if value is not None and not isinstance(value, dict):
             parts += [f"--{key.replace('_', '-')}", str(value)]

@@ -112,7 +112,7 @@ class TransferStudy(Study):
     def run_point(self, ctx: Context, point: Point) -> dict[str, Any]:
         """Train on the source task, then score the best checkpoint zero-shot on each target's dev examples."""
         record = training_record(ctx, point)
-        model = load_prompted_model([f"{ctx.task}={ctx.folder.run_dir(point.key)}"], device=ctx.config.device).eval()
+        model = load_prompted_model([f"{ctx.task}={ctx.run_dir(point.key)}"], device=ctx.config.device).eval()
         scored = {}
         for name, target in self.targets(ctx).items():
             examples = ctx.dev_examples(target)

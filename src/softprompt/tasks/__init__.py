@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from softprompt.errors import SoftpromptError
-from softprompt.tasks.base import SPLITS, Example, Metric, Task, require_examples, task_key
+from softprompt.tasks.base import SPLITS, Example, Metric, Task, hold_out, require_examples, task_key
 from softprompt.tasks.custom import CustomTaskSpec, custom_task
 from softprompt.tasks.glue import GLUE_TASKS
 from softprompt.tasks.qa import QA_TASKS, load_mrqa, mrqa_task
@@ -59,6 +59,7 @@ __all__ = [
     "check_label_map",
     "custom_task",
     "get_task",
+    "hold_out",
     "label_map_for",
     "load_examples",
     "load_task",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +86,24 @@ def require_examples(
     if not examples:
         raise SoftpromptError(f"{task.describe(split, data_dir)}: the {split} split of task {task.name} holds no examples")
     return list(examples)
+
+
+SELECT_SEED = 20_211_107  # fixed: every run of a task holds out the same examples, whatever its own seed
+
+
+def hold_out(examples: Sequence[Example], n: int, source: str) -> tuple[list[Example], list[Example]]:
+    """(the rest, n held-out examples): a fixed random sample of the training split to choose the best step on.
+
+    Choosing the step on the dev set and reporting that same dev score selects on the test set;
+    holding out part of the training file keeps the dev score honest. The sample does not depend
+    on the run's seed, so runs that differ only by seed are scored on the same held-out rows, and
+    both parts keep the file's order. Raises SoftpromptError when the split has no room for it.
+    """
+    if n >= len(examples):
+        raise SoftpromptError(f"select_examples={n} (--select-examples): {source} has only {len(examples)} examples; "
+                              "hold out fewer so some are left to train on")
+    held = set(random.Random(SELECT_SEED).sample(range(len(examples)), n))
+    return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
 
 
 def task_key(name: str) -> str:

@@ -20,6 +20,7 @@ from ..model import PromptedModel
 from ..tasks import load_task
 from .base import Context, Point, Study, majority_score, model_keys, training_record
 from .config import QUICK_BUDGET
+from .runs import correct_string
 from .summary import Row
 from .verdicts import FINDINGS, NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, Verdict, untestable
 
@@ -102,7 +103,9 @@ def ensemble_record(ctx: Context, point: Point) -> dict[str, Any]:
     votes = [vote([p[i] for p in predictions], [scores[i * n + k] for k in range(n)], examples[i].candidates)
              for i in range(len(examples))]
     vote_score = float(task.metric(votes, examples)[metric])
+    correct = [correct_string(p, [e.target for e in examples]) for p in predictions]
     return {"metric": metric, "score": vote_score, "singles": singles, "prompts_per_batch": mixing,
+            "vote_correct": correct_string(votes, [e.target for e in examples]), "singles_correct": correct,
             "chance": majority_score(task, examples), "parameters": sum(p.numel() for p in model.backbone.parameters())}
 
 

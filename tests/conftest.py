@@ -92,3 +92,22 @@ def saved_backbone(kind, tmp_path_factory) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def saved(kind: str, factory, seed: int = 0) -> Path:
+    """A tiny backbone saved in Hugging Face format, in a fresh folder of `factory`."""
+    path = factory.mktemp(f"tiny-{kind}-{seed}")
+    model, tokenizer = tiny_backbone(kind, seed)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def t5_dir(tmp_path_factory) -> Path:
+    return saved("t5", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory) -> Path:
+    return saved("gpt2", tmp_path_factory)

@@ -31,7 +31,7 @@ def arm(name: str, rates: list[float], seed: int, seeds: tuple[int, ...] | None 
 
 
 def one(arms: list[Arm], claim: Claim) -> stats.Outcome:
-    return stats.test_claims({a.name: a for a in arms}, [claim])[0]
+    return stats.judge_claims({a.name: a for a in arms}, [claim])[0]
 
 
 def test_clear_gap_is_supported_and_intervals_exclude_zero():
@@ -107,7 +107,7 @@ def test_one_paired_seed_is_not_testable():
     assert out.state == NOT_TESTABLE and out.pairs == 1
     assert out.reason == "1 paired seed(s); a test needs at least 2"
     assert math.isnan(out.t_interval[0]) and out.mde is None and math.isclose(out.difference, 0.91 - 0.70)
-    missing = stats.test_claims({"a": a}, [Claim("a > c", "a", "c")])[0]
+    missing = stats.judge_claims({"a": a}, [Claim("a > c", "a", "c")])[0]
     assert missing.state == NOT_TESTABLE and "c" in missing.reason and missing.pairs == 0
 
 
@@ -134,7 +134,7 @@ def test_holm_applies_across_greater_claims_only():
     a = Arm("a", (0, 1, 2), (0.80, 0.82, 0.81))
     b = Arm("b", (0, 1, 2), (0.78, 0.79, 0.80))
     claims = [Claim("a > b", "a", "b"), Claim("b > a", "b", "a"), Claim("a ≈ b", "a", "b", kind="equal")]
-    first, second, equal = stats.test_claims({"a": a, "b": b}, claims)
+    first, second, equal = stats.judge_claims({"a": a, "b": b}, claims)
     assert first.p_adjusted == pytest.approx(min(1.0, 2 * first.p_value))
     assert equal.p_adjusted == equal.p_value
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import T5Config, T5ForConditionalGeneration, T5TokenizerFast
 
-from conftest import tiny_backbone
+from conftest import saved
 from softprompt.backbones import load_backbone
 from softprompt.cli import main
 from softprompt.errors import SoftpromptError
@@ -19,31 +19,14 @@ from softprompt.model import PromptedModel
 from softprompt.studies import STUDIES, StudyConfig
 from softprompt.studies.ensemble import vote
 from softprompt.studies.folder import StudyFolder
-from softprompt.studies.neighbors import neighbours
-from softprompt.studies.summary import Row
-from softprompt.studies.verdicts import NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED
+from softprompt.studies.scale import TREND
+from softprompt.studies.verdicts import CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE, SUPPORTED
 from softprompt.tasks import get_task
+
+STATES = (SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE)
 
 torch.set_num_threads(1)
 TINY = ["--max-steps", "2", "--eval-examples", "8", "--select-examples", "16", "--seeds", "2", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def t5_dir(tmp_path_factory) -> Path:
-    return saved("t5", tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def gpt2_dir(tmp_path_factory) -> Path:
-    return saved("gpt2", tmp_path_factory)
-
-
-def saved(kind: str, factory, seed: int = 0) -> Path:
-    path = factory.mktemp(f"tiny-{kind}-{seed}")
-    model, tokenizer = tiny_backbone(kind, seed)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(autouse=True)
@@ -144,33 +127,51 @@ def test_append_writes_whole_lines(tmp_path):
     assert (tmp_path / "x" / "results.jsonl").read_text().count("\n") == 3
 
 
-def rows(model: str, **settings: tuple[float, ...]) -> list[Row]:
-    return [Row(model, name.replace("_", "-"), "accuracy", scores, chance=0.5) for name, scores in settings.items()]
+def records(model: str, settings: dict[str, tuple[float, ...]], chance: float = 0.5, n: int = 400, **extra) -> list[dict]:
+    """Hand-made point records: per setting, one accuracy per seed, with per-example correctness of that accuracy."""
+    out = []
+    for name, scores in settings.items():
+        for seed, score in enumerate(scores):
+            right = round(score * n)
+            correct = "".join("1" if (k * 7919 + seed) % n < right else "0" for k in range(n))  # a fixed spread of the right ones
+            out.append({"model": model, "setting": name, "seed": seed, "score": right / n, "metric": "accuracy", "chance": chance,
+                        "dev_correct": correct, "metrics": {"accuracy": right / n}, **extra})
+    return out
 
 
-def test_init_verdict_follows_the_numbers():
-    init = STUDIES["init"]
-    good = rows("m", random_uniform=(0.60, 0.62), sampled_vocab=(0.70, 0.71), class_label=(0.80, 0.82))
-    assert init.verdict(good, "m").label == REPRODUCED
-    swapped = rows("m", random_uniform=(0.80, 0.82), sampled_vocab=(0.70, 0.71), class_label=(0.60, 0.62))
-    assert init.verdict(swapped, "m").label == NOT_REPRODUCED
-    noisy = rows("m", random_uniform=(0.55, 0.75), sampled_vocab=(0.60, 0.80), class_label=(0.65, 0.85))
-    assert init.verdict(noisy, "m").label == NOT_REPRODUCED  # right order, gaps within the spread
-    chance = rows("m", random_uniform=(0.50, 0.51), sampled_vocab=(0.50, 0.50), class_label=(0.51, 0.51))
-    assert init.verdict(chance, "m").label == NOT_TESTABLE
-    single = rows("m", random_uniform=(0.6,), sampled_vocab=(0.7,), class_label=(0.8,))
-    assert init.verdict(single, "m").label == NOT_TESTABLE
+def inits(random_uniform, sampled_vocab, class_label) -> list[dict]:
+    return records("m", {"random-uniform": random_uniform, "sampled-vocab": sampled_vocab, "class-label": class_label})
 
 
-def test_length_verdict_needs_both_claims():
-    length = STUDIES["length"]
+def labels(study: str, recs: list[dict]) -> dict[str, str]:
+    return {verdict.claim: verdict.label for _, verdict in STUDIES[study].verdicts(recs)}
 
+
+def test_init_verdicts_are_tests_with_four_states():
+    good = labels("init", inits((0.60, 0.62, 0.61, 0.60), (0.70, 0.71, 0.72, 0.70), (0.80, 0.82, 0.81, 0.80)))
+    assert [good[c] for c in ("class label > sampled vocab", "sampled vocab > random uniform")] == [SUPPORTED, SUPPORTED]
+    assert good["the gap is largest for small models and gone at XXL"] == NOT_TESTABLE  # one size
+    swapped = labels("init", inits((0.80, 0.82, 0.81, 0.80), (0.70, 0.71, 0.72, 0.70), (0.60, 0.62, 0.61, 0.60)))
+    assert swapped["class label > random uniform"] == CONTRADICTED
+    noisy = labels("init", inits((0.55, 0.75, 0.65), (0.60, 0.80, 0.62), (0.75, 0.65, 0.70)))
+    assert noisy["class label > random uniform"] == INCONCLUSIVE  # right order of means, not beyond the noise
+    chance = labels("init", inits((0.50, 0.51), (0.50, 0.50), (0.51, 0.51)))
+    assert set(chance.values()) == {NOT_TESTABLE}  # nothing learned: budget
+    single = labels("init", inits((0.6,), (0.7,), (0.8,)))
+    assert single["class label > sampled vocab"] == NOT_TESTABLE
+
+
+def test_length_verdicts_more_than_one_token_and_marginal_gains():
     def of(*means):
-        return [Row("m", f"p={p}", "accuracy", (m - 0.005, m + 0.005), x=p, chance=0.5) for p, m in zip((1, 5, 20, 100, 150), means)]
+        return records("m", {f"p={p}": (m - 0.01, m + 0.01, m, m + 0.005) for p, m in zip((1, 5, 20, 100, 150), means)})
 
-    assert length.verdict(of(0.6, 0.7, 0.8, 0.8, 0.795), "m").label == REPRODUCED
-    assert length.verdict(of(0.6, 0.7, 0.8, 0.9, 0.9), "m").label == NOT_REPRODUCED  # past 20 still gains
-    assert length.verdict(of(0.8, 0.8, 0.8, 0.8, 0.8), "m").label == NOT_REPRODUCED  # one token is as good
+    flat = labels("length", of(0.6, 0.7, 0.8, 0.8, 0.805))
+    assert flat["more than one token matters a lot (for all but the largest model): p=20 > p=1"] == SUPPORTED
+    assert flat["past 20 tokens the gains are marginal: p=100 ≈ p=20 (±2 points)"] == SUPPORTED
+    collapse = labels("length", of(0.6, 0.7, 0.8, 0.6, 0.55))  # p = 100 and 150 collapse: not "marginal"
+    assert collapse["past 20 tokens the gains are marginal: p=150 ≈ p=20 (±2 points)"] == CONTRADICTED
+    one = labels("length", of(0.8, 0.8, 0.8, 0.8, 0.8))
+    assert one["more than one token matters a lot (for all but the largest model): p=20 > p=1"] == INCONCLUSIVE
 
 
 def test_report_holds_each_study_with_a_computed_verdict(capsys, tmp_path, t5_dir, gpt2_dir):
@@ -184,7 +185,7 @@ def test_report_holds_each_study_with_a_computed_verdict(capsys, tmp_path, t5_di
     assert out.strip() == str(tmp_path / "REPORT.md")
     for name in ("length", "init"):
         assert f"## Study `{name}`" in report and f"({name}/plot.png)" in report
-    assert "Verdict rule:" in report and "class label > sampled vocab > random uniform" in report
+    assert "Verdict rule:" in report and "class label > sampled vocab" in report
     made_by = next(line for line in report.splitlines() if line.startswith("Made by: `softprompt study init") and "gpt2" in line)
     assert "6 points, " in made_by and "min of wall time summed over them" in made_by  # 3 inits x 2 seeds
     before = (tmp_path / "gpt2" / "init" / "results.jsonl").read_text()
@@ -192,7 +193,8 @@ def test_report_holds_each_study_with_a_computed_verdict(capsys, tmp_path, t5_di
     assert (tmp_path / "gpt2" / "init" / "results.jsonl").read_text() == before
     assert "## Study `init` in `gpt2/`" in report and "(gpt2/init/plot.png)" in report and "(#study-init-in-gpt2)" in report
     verdicts = [line for line in report.splitlines() if line.startswith("| [")]
-    assert len(verdicts) == 3 and all(any(v in line for v in (REPRODUCED, NOT_REPRODUCED, NOT_TESTABLE)) for line in verdicts)
+    assert len(verdicts) == 6 + 4 + 4 and all(any(f"**{v}**" in line for v in STATES) for line in verdicts)  # one row per sub-claim
+    assert "Caveats:" in report and "paired by seed" in report
 
 
 def test_report_on_an_empty_root_is_one_line(capsys, tmp_path):
@@ -221,7 +223,7 @@ def test_ensemble_scores_every_prompt_in_one_mixed_batch(capsys, tmp_path, t5_di
         alone = evaluate(model, task, examples, "alone", "rank")
         assert alone[together["metric"]] == pytest.approx(together["singles"][k])
     table = (tmp_path / "ensemble" / "table.md").read_text()
-    assert "| single prompt |" in table and "| best single |" in table and "| majority vote |" in table
+    assert "| single prompt |" in table and "| best single (seed " in table and "| majority vote |" in table
 
 
 def test_vote_takes_the_majority_and_breaks_ties_by_likelihood():
@@ -230,43 +232,6 @@ def test_vote_takes_the_majority_and_breaks_ties_by_likelihood():
     tie = [[-1.0, -3.0, -9.0], [-2.0, -0.5, -9.0]]  # summed: a -3.0, b -3.5
     assert vote(["a", "b"], tie, labels) == "a" and vote(["b", "a"], tie, labels) == "a"
     assert vote(["a", "b"], [[-1.0, -3.0, -9.0], [-4.0, -0.5, -9.0]], labels) == "b"  # summed: a -5.0, b -3.5
-
-
-def test_neighbours_of_token_embeddings_are_those_tokens(t5_dir):
-    backbone = load_backbone(str(t5_dir))
-    ids = backbone.word_ids("positive negative film")
-    weight = backbone.embeddings.detach()[ids].clone()  # (p, e): exactly vocabulary rows
-    found = neighbours(weight, backbone, ["negative"])
-    tokens = backbone.tokenizer.convert_ids_to_tokens(ids)
-    assert [row[0] for row in found["tokens"]] == tokens
-    assert found["neighbour_cosine"] < 1 and found["label_rate"] >= 1 / len(ids)
-    assert neighbours(weight[[0, 0]], backbone, [])["shared_rate"] == 1.0  # two equal rows share all neighbours
-
-
-def test_neighbors_study_against_norm_matched_random_vectors(capsys, tmp_path, t5_dir):
-    code, _, err = study(capsys, "neighbors", tmp_path, "--model", t5_dir, "--task", "cb")
-    assert code == 0, err
-    rows = results(tmp_path, "neighbors")
-    assert [r["setting"] for r in rows] == ["prompt", "random (norm-matched)"] * 2
-    prompt, random = rows[0], rows[1]
-    assert prompt["neighbour_cosine"] > random["neighbour_cosine"]  # two steps from vocabulary rows; random directions farther
-    saved = json.loads((tmp_path / "neighbors" / "runs" / prompt["key"] / "neighbors.json").read_text())
-    assert len(saved["tokens"]) == 100 and all(len(t) == 5 for t in saved["tokens"]) and saved["labels"][0] == "entailment"
-    table = (tmp_path / "neighbors" / "table.md").read_text()
-    assert "Top-5 neighbours" in table and "positions with a label (%)" in table
-
-
-def test_neighbors_of_a_saved_prompt_on_a_decoder_only_backbone(capsys, tmp_path, gpt2_dir):
-    run = tmp_path / "run"
-    code = main(["train", "--model", str(gpt2_dir), "--task", "cb", "--prompt-length", "6", "--max-steps", "1",
-                 "--eval-examples", "4", "--output", str(run), "--quiet"])
-    assert code == 0, capsys.readouterr()[1]
-    code, _, err = study(capsys, "neighbors", tmp_path / "root", "--prompt", run)
-    assert code == 0, err
-    rows = results(tmp_path / "root", "neighbors")
-    assert [r["model"] for r in rows] == [str(gpt2_dir)] * 2 and rows[0]["setting"] == "saved run"
-    assert len(rows[0]["tokens"]) == 6 and "steps" not in rows[0]  # analysed, not trained
-    assert "not testable at this scale" in (tmp_path / "root" / "neighbors" / "table.md").read_text()  # one prompt: no spread
 
 
 def test_transfer_rte_to_cb_and_axb_prompt_and_model_tuning(capsys, tmp_path, t5_dir):
@@ -295,7 +260,7 @@ def test_transfer_squad_dev_split_to_the_mrqa_sets_by_f1(capsys, tmp_path, t5_di
                for t in rows[0]["targets"].values())
     table = (tmp_path / "transfer" / "table.md").read_text()
     assert "first 40 articles (8,981 questions)" in table and "| prompt tuning -> mrqa-drop | f1 |" in table
-    assert "not testable at this scale" in table  # one seed: no spread
+    assert "**not testable** (budget: no run learned the source task" in table  # a 2-step tiny model learned nothing
 
 
 @pytest.mark.parametrize("args, needle", [(["--task", "squad-dev-split", "--target-task", "cb"], "is a classification task"),
@@ -370,23 +335,25 @@ def test_scale_prompt_tuning_model_tuning_and_prompt_design_across_sizes(capsys,
     backbone = load_backbone(str(t5_dir))
     assert few["config"]["prompt"]["length"] == len(backbone.word_ids(few["config"]["prompt"]["init_text"]))
     table = (tmp_path / "scale" / "table.md").read_text()
-    assert table.count("**not testable at this scale**") == 1  # one verdict for the family (one seed: no spread)
+    assert table.count("**not testable**") == 3 * 2 + 1  # three contrasts at each size (one seed: nothing to pair), the trend
 
 
-def test_scale_verdict_wants_the_gap_to_shrink():
-    scale = STUDIES["scale"]
-
+def test_scale_verdicts_at_one_size_and_the_trend_across_sizes():
     def size(model, params, prompt, tuned, design):
-        return [Row(model, s, "accuracy", (m - 0.005, m + 0.005), chance=0.5, parameters=params)
-                for s, m in (("prompt tuning", prompt), ("model tuning", tuned), ("prompt design (zero-shot)", design),
-                             ("prompt design (4-shot)", design))]
+        return records(model, {"prompt tuning": (prompt, prompt + 0.01, prompt - 0.01), "model tuning": (tuned, tuned + 0.02, tuned - 0.01),
+                               "prompt design (zero-shot)": (design,) * 3, "prompt design (4-shot)": (design,) * 3}, parameters=params)
 
-    def label(rows):
-        return scale.family_verdict(rows).label
+    both = labels("scale", size("big", 10**9, 0.88, 0.88, 0.6) + size("small", 10**6, 0.6, 0.8, 0.55))
+    assert both[TREND] == SUPPORTED
+    assert labels("scale", size("big", 10**9, 0.60, 0.90, 0.6) + size("small", 10**6, 0.6, 0.8, 0.55))[TREND] == CONTRADICTED
+    one = labels("scale", size("small", 10**6, 0.6, 0.8, 0.55))
+    assert one[TREND] == NOT_TESTABLE and one["prompt tuning > prompt design (zero-shot)"] == SUPPORTED
 
-    assert label(size("big", 10**9, 0.88, 0.90, 0.6) + size("small", 10**6, 0.6, 0.8, 0.55)) == REPRODUCED
-    assert label(size("big", 10**9, 0.70, 0.90, 0.6) + size("small", 10**6, 0.6, 0.8, 0.55)) == NOT_REPRODUCED
-    assert label(size("small", 10**6, 0.6, 0.8, 0.55)) == NOT_TESTABLE
+
+def test_scale_refuses_backbones_of_different_families(capsys, tmp_path, t5_dir, gpt2_dir):
+    code, _, err = study(capsys, "scale", tmp_path, "--model", t5_dir, "--model", gpt2_dir, "--task", "cb")
+    one_error_line(code, err, "different families", "t5", "gpt2")
+    assert not any(tmp_path.iterdir())
 
 
 def test_budgets_paper_quick_and_overrides():
@@ -401,12 +368,16 @@ def test_budgets_paper_quick_and_overrides():
 
 def test_transfer_is_not_testable_when_the_source_task_was_not_learned():
     def record(setting, seed, source, target):
-        return {"model": "m", "setting": setting, "seed": seed, "source_score": source, "source_chance": 0.54, "metric": "accuracy",
+        right = round(source * 300)
+        return {"model": "m", "setting": setting, "seed": seed, "source_task": "rte", "source_score": source, "source_chance": 0.54,
+                "chance": 0.54, "metric": "accuracy", "dev_correct": "1" * right + "0" * (300 - right),
                 "targets": {"cb": {"metric": "accuracy", "score": target, "chance": 0.2, "metrics": {"accuracy": target}}}}
 
-    study = STUDIES["transfer"]
-    learned = [record("prompt tuning", s, 0.8, 0.7 + s / 100) for s in range(2)] + [record("model tuning", s, 0.8, 0.4 + s / 100) for s in range(2)]
-    assert study.verdicts(learned)[0][1].label == REPRODUCED
-    at_chance = [{**r, "source_score": 0.55} for r in learned]  # the same zero-shot scores, but the source was never learned
-    label, reason = study.verdicts(at_chance)[0][1].label, study.verdicts(at_chance)[0][1].reason
-    assert label == NOT_TESTABLE and reason.startswith("source task:")
+    claim = "extension, zero-shot rte -> cb: prompt tuning > model tuning"
+    learned = ([record("prompt tuning", s, 0.8, 0.7 + s / 100 + s * s / 1000) for s in range(3)]
+               + [record("model tuning", s, 0.8, 0.4 + s / 100) for s in range(3)])
+    verdicts = labels("transfer", learned)
+    assert verdicts[claim] == SUPPORTED and verdicts["QQP -> MRPC and MRPC -> QQP: prompt tuning ahead (Table 2)"] == NOT_TESTABLE
+    at_chance = [{**r, "dev_correct": "1" * 165 + "0" * 135} for r in learned]  # the same zero-shot scores; the source not learned
+    reasons = {v.claim: v for _, v in STUDIES["transfer"].verdicts(at_chance)}
+    assert reasons[claim].label == NOT_TESTABLE and reasons[claim].reason.startswith("budget:")

@@ -24,7 +24,7 @@ from .config import QUICK_BUDGET, Budget, StudyConfig, resolve_budget
 from .folder import StudyFolder
 from .plot import plot_rows
 from .runs import cached_output, finished_result, point_lock, run_summary
-from .summary import Row, markdown_table, models_of, summarise
+from .summary import Row, markdown_table, summarise
 from .verdicts import Finding, Verdict
 
 
@@ -54,6 +54,7 @@ class Context:
     _backbones: dict[str, Backbone] = field(default_factory=dict)
     _dev: dict[str, list[Example]] = field(default_factory=dict)
     _outputs: dict[str, Path] = field(default_factory=dict)  # point key -> its run directory
+    _train_sizes: dict[str, int] = field(default_factory=dict)
 
     def backbone(self, model: str) -> Backbone:
         """The frozen backbone `model`, loaded once per study (for counts, kinds and neighbours)."""
@@ -69,6 +70,14 @@ class Context:
             self._dev[task.name] = require_examples(task, "validation", data_dir, examples)
         return self._dev[task.name]
 
+    def select_examples(self, task: Task) -> int | None:
+        """The budget's held-out selection examples, at most a fifth of `task`'s training split (CB has 250, COPA 400)."""
+        if self.budget.select_examples is None:
+            return None
+        if task.name not in self._train_sizes:
+            self._train_sizes[task.name] = len(task.load("train", resolve_data_dir(self.config.data_dir)))
+        return max(1, min(self.budget.select_examples, self._train_sizes[task.name] // 5))
+
     def train_config(self, key: str, model: str, seed: int, prompt: PromptConfig | None = None, **overrides: Any) -> TrainConfig:
         """The paper's recipe under this study's budget, for the run directory of point `key`."""
         budget = self.budget
@@ -76,9 +85,10 @@ class Context:
             task=self.task, model=model, output=str(self.folder.run_dir(key)), data_dir=self.config.data_dir,
             max_steps=budget.steps, batch_size=budget.batch_size, eval_every=budget.eval_every,
             eval_examples=budget.eval_examples, checkpoint_every=max(1, min(100, budget.steps)), seed=seed,
-            device=self.config.device, prompt=prompt or PromptConfig(), select_examples=budget.select_examples,
+            device=self.config.device, prompt=prompt or PromptConfig(),
         )
         values.update(overrides)
+        values.setdefault("select_examples", self.select_examples(load_task(values["task"])))
         config = TrainConfig(**values)
         config = replace(config, output=str(cached_output(self.folder.root, config)))
         self._outputs[key] = Path(config.output)
@@ -99,6 +109,12 @@ def model_keys(models: tuple[str, ...]) -> dict[str, str]:
             label, n = f"{base}-{n}", n + 1
         labels[model] = label
     return labels
+
+
+def majority_rate(examples: list[Example]) -> float | None:
+    """The share of dev examples whose target is the most common one: the accuracy of always answering it."""
+    targets = [e.target for e in examples if e.target]
+    return max(map(targets.count, set(targets))) / len(targets) if targets else None
 
 
 def majority_score(task: Task, examples: list[Example]) -> float | None:
@@ -148,7 +164,8 @@ class Study:
         return summarise(records)
 
     def table(self, rows: list[Row], records: list[dict[str, Any]]) -> str:
-        return markdown_table(rows)
+        """The rows; where runs chose their step on held-out training examples, also dev at the last step and that score."""
+        return markdown_table(rows, selection_columns(records))
 
     def plot(self, rows: list[Row], path: Path, title: str) -> Path:
         """plot.png: the framework's layouts (plot.py), chosen from the rows."""
@@ -158,13 +175,22 @@ class Study:
         """Markdown printed below the table (neighbour tokens, parameter counts); none by default."""
         return ""
 
-    def verdict(self, rows: list[Row], model: str) -> Verdict:
+    def judge(self, records: list[dict[str, Any]], model: str) -> list[Verdict]:
+        """One verdict per sub-claim of the finding, on backbone `model`'s finished points."""
         raise NotImplementedError
 
     def verdicts(self, records: list[dict[str, Any]]) -> list[tuple[str, Verdict]]:
-        """(backbone, verdict) for each backbone of the finished points; a study judged across sizes gives one."""
-        rows = self.rows(records)
-        return [(model, self.verdict(rows, model)) for model in models_of(rows)]
+        """(backbone, verdict) for each sub-claim on each backbone of the finished points."""
+        return [(model, verdict) for model in dict.fromkeys(r["model"] for r in records) for verdict in self.judge(records, model)]
+
+
+def selection_columns(records: list[dict[str, Any]]) -> dict[str, dict[tuple[str, str], str]]:
+    """Extra table columns for runs with a selection split: dev at the last step, and the held-out score at the chosen step."""
+    chosen = [r for r in records if r.get("score_last") is not None]
+    if not chosen:
+        return {}
+    return {"dev at last step (%)": {(r.model, r.setting): r.cell() for r in summarise(chosen, "score_last")},
+            "held-out, chosen step (%)": {(r.model, r.setting): r.cell() for r in summarise(chosen, "select_score")}}
 
 
 def training_record(ctx: Context, point: Point) -> dict[str, Any]:
@@ -181,6 +207,7 @@ def training_record(ctx: Context, point: Point) -> dict[str, Any]:
     backbone = ctx.backbone(point.model)
     return {
         **run_summary(result, Path(config.output), ctx.folder.root), "chance": majority_score(task, ctx.dev_examples(task)),
+        "majority_rate": majority_rate(ctx.dev_examples(task)),
         "parameters": sum(p.numel() for p in backbone.model.parameters()),
         "tuned_parameters": tuned_parameters(config, backbone),
     }

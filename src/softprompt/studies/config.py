@@ -30,7 +30,8 @@ class StudyConfig:
     eval_every: int | None = setting(None, "steps between evaluations on the selection split: each run's learning curve "
                                      "(default: paper 1,000; --quick: the study's)")
     select_examples: int | None = setting(None, "choose each run's step on N examples held out of the training split, then "
-                                          "score the full dev set at it (default 500; 0: choose on the dev set, as the paper)")
+                                          "score the full dev set at it (default 500, at most a fifth of the training split; 0: choose on the "
+                                          "dev set, as the paper)")
     quick: bool = setting(False, "the CPU budget: one study on the packaged T5 in at most 30 minutes on 2 cores")
     workers: int = setting(1, "run this many points at once, each in its own process with one torch thread")
     shard: str | None = setting(None, "K/N: run only share K (1..N) of the training points, for N machines or array jobs on "
@@ -122,4 +123,5 @@ def saved_form(config: StudyConfig, budget: Budget, defaults: dict[str, Any]) ->
         data.pop(key)
     data.update({k: v for k, v in defaults.items() if data.get(k) in (None, [], ())})
     data["budget"] = asdict(budget)
+    data["given"] = {"data_dir": config.data_dir}  # as typed: a report's commands must run on another machine too
     return data

@@ -13,6 +13,9 @@ from collections import Counter
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+from scipy import stats
+
 from ..data import encode, sorted_batches
 from ..errors import SoftpromptError
 from ..evaluate import rank_scores
@@ -21,8 +24,12 @@ from ..tasks import load_task
 from .base import Context, Point, Study, majority_score, model_keys, training_record
 from .config import QUICK_BUDGET
 from .runs import correct_string
+from .stats import CONTRADICTED, INCONCLUSIVE, SUPPORTED, holm, mcnemar, minimum_detectable_effect, t_interval
 from .summary import Row
-from .verdicts import FINDINGS, NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, Verdict, untestable
+from .verdicts import FINDINGS, Verdict, not_testable, run_learned
+
+BEATS_BEST = "majority vote > the best single prompt (chosen on the held-out selection split)"
+BEATS_MEAN = "majority vote > the average single prompt"
 
 SINGLE, ENSEMBLE = "single", "ensemble"
 EVAL_BATCH = 64  # examples x prompts per evaluation batch, rounded down to a multiple of N
@@ -62,8 +69,9 @@ class EnsembleStudy(Study):
         rows = []
         for r in (r for r in records if r["setting"] == ENSEMBLE):
             common = dict(metric=r["metric"], chance=r["chance"], parameters=r["parameters"])
+            best = best_member(records, r)
             rows += [Row(r["model"], "single prompt", scores=tuple(r["singles"]), **common),
-                     Row(r["model"], "best single", scores=(max(r["singles"]),), **common),
+                     Row(r["model"], f"best single (seed {best})", scores=(r["singles"][best],), **common),
                      Row(r["model"], "majority vote", scores=(r["score"],), **common)]
         return rows
 
@@ -72,17 +80,52 @@ class EnsembleStudy(Study):
                  f"{r['prompts_per_batch']} prompts" for r in records if r["setting"] == ENSEMBLE]
         return "\n".join(lines)
 
-    def verdict(self, rows: list[Row], model: str) -> Verdict:
-        """Reproduced when the vote is at least the best single prompt and beats their mean by more than their std."""
-        settings = {r.setting: r for r in rows if r.model == model}
-        single, best, vote = settings["single prompt"], settings["best single"], settings["majority vote"]
-        blocked = untestable([single])
-        if blocked:
-            return Verdict(NOT_TESTABLE, blocked.reason.replace("seed(s)", "prompt(s)"))
-        holds = vote.mean >= best.mean and vote.mean - single.mean > single.std
-        reason = (f"vote {100 * vote.mean:.1f} vs best single {100 * best.mean:.1f} vs mean "
-                  f"{100 * single.mean:.1f} ± {100 * single.std:.1f}")
-        return Verdict(REPRODUCED if holds else NOT_REPRODUCED, reason)
+    def judge(self, records: list[dict[str, Any]], model: str) -> list[Verdict]:
+        """Per example on the dev set: the vote against the best single prompt (exact McNemar) and against the average
+        of the single prompts (paired t over examples); Holm across the two."""
+        vote = next((r for r in records if r["model"] == model and r["setting"] == ENSEMBLE), None)
+        if vote is None or not vote.get("vote_correct"):
+            return [not_testable(c, "no ensemble point with per-example outputs (rerun the study)") for c in (BEATS_BEST, BEATS_MEAN)]
+        members = [r for r in records if r["model"] == model and r["setting"] == SINGLE]
+        if not any(run_learned(r) for r in members):
+            why = "budget: no single prompt beats the majority class (one-sided binomial test, p < 0.01)"
+            return [not_testable(c, why) for c in (BEATS_BEST, BEATS_MEAN)]
+        voted = np.array([int(c) for c in vote["vote_correct"]], dtype=float)  # (E,)
+        singles = np.array([[int(c) for c in s] for s in vote["singles_correct"]], dtype=float)  # (N, E)
+        best = best_member(records, vote)
+        p_best, vote_only, best_only = mcnemar(voted, singles[best])
+        diffs = voted - singles.mean(axis=0)  # (E,)
+        p_mean = float(stats.ttest_1samp(diffs, 0.0).pvalue) if diffs.std() > 0 else 1.0
+        p_best, p_mean = holm([p_best, p_mean])
+        low, high = t_interval(diffs)
+        gap_best = voted.mean() - singles[best].mean()
+        return [
+            Verdict(state(p_best, gap_best), f"vote {100 * voted.mean():.1f} vs seed {best} {100 * singles[best].mean():.1f}: "
+                    f"{vote_only} examples only the vote gets right, {best_only} only the single prompt; exact McNemar, "
+                    f"Holm p = {p_best:.3g}, {len(voted)} dev examples", BEATS_BEST),
+            Verdict(state(p_mean, float(diffs.mean())), f"vote − mean single = {100 * diffs.mean():+.1f} points, 95% t over "
+                    f"examples [{100 * low:+.1f}, {100 * high:+.1f}], Holm p = {p_mean:.3g}"
+                    + (f"; differences under {100 * minimum_detectable_effect(diffs):.1f} points cannot be detected"
+                       if state(p_mean, float(diffs.mean())) == INCONCLUSIVE else ""), BEATS_MEAN),
+        ]
+
+
+def state(p: float, difference: float, alpha: float = 0.05) -> str:
+    if p < alpha:
+        return SUPPORTED if difference > 0 else CONTRADICTED
+    return INCONCLUSIVE
+
+
+def best_member(records: list[dict[str, Any]], vote: dict[str, Any]) -> int:
+    """The index of the single prompt with the best held-out selection score (its dev score where there is none).
+
+    Taking the best on the dev set the vote is scored on would select on the test set.
+    """
+    by_seed = {r["seed"]: r for r in records if r["model"] == vote["model"] and r["setting"] == SINGLE}  # prompt k is seed k
+    scores = [by_seed[k].get("select_score", by_seed[k]["score"]) if k in by_seed else None for k in range(len(vote["singles"]))]
+    if None in scores:
+        return max(range(len(vote["singles"])), key=lambda k: vote["singles"][k])
+    return max(range(len(scores)), key=lambda k: scores[k])
 
 
 def ensemble_record(ctx: Context, point: Point) -> dict[str, Any]:

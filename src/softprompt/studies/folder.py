@@ -19,8 +19,9 @@ from ..errors import SoftpromptError
 from ..files import write_json_atomic, write_text_atomic
 from ..run import check_writable, config_differences
 
-STUDY_FILE, RESULTS_FILE, TABLE_FILE, PLOT_FILE, RUNS_DIR, RECORDS_DIR = (
-    "study.json", "results.jsonl", "table.md", "plot.png", "runs", "records")
+STUDY_FILE, RESULTS_FILE, TABLE_FILE, PLOT_FILE, CURVES_FILE, RUNS_DIR, RECORDS_DIR = (
+    "study.json", "results.jsonl", "table.md", "plot.png", "curves.png", "runs", "records")
+GIVEN = "given"  # study.json's record of paths as the user typed them (for the commands in reports); not compared
 
 
 class StudyFolder:
@@ -50,12 +51,13 @@ class StudyFolder:
             saved = json.loads(study_file.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise SoftpromptError(f"{study_file}: corrupt study config ({err}); choose another --output") from None
-        differing = config_differences(saved, saved_form, ())
+        differing = config_differences(comparable(saved), comparable(saved_form), ())
         if differing:
             raise SoftpromptError(f"{self.path} holds results of a different {self.name} study ({', '.join(differing)} differ); "
                                   "rerun with the same flags to resume it, or choose another --output")
 
     def start(self, saved_form: dict[str, Any]) -> None:
+        """Create the folder and write (or update, for more seeds) its study config."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -86,9 +88,12 @@ class StudyFolder:
         return found
 
     def write_results(self, order: list[str]) -> None:
-        """results.jsonl from the records, in the study's point order (then any others), replaced atomically."""
+        """results.jsonl from the records of the study's points (in its order), replaced atomically.
+
+        Records of points the study no longer has (a rerun with fewer seeds) stay in records/ but leave the results.
+        """
         records = self.records()
-        keys = [k for k in order if k in records] + [k for k in records if k not in order]
+        keys = [k for k in order if k in records]
         write_text_atomic(self.results_path, "".join(json.dumps(records[k], sort_keys=True) + "\n" for k in keys))
 
     def results(self) -> list[dict[str, Any]]:
@@ -115,6 +120,15 @@ class StudyFolder:
             os.close(fd)
         if written != len(data):  # a full disk: say so rather than leave a torn line unexplained
             raise SoftpromptError(f"{self.results_path}: only {written} of {len(data)} bytes written (disk full?)")
+
+
+def comparable(form: dict[str, Any]) -> dict[str, Any]:
+    """A study config less what a rerun may change: paths as typed, and the number of seeds (more seeds extend a
+    study: its finished points keep their keys and records)."""
+    out = {k: v for k, v in form.items() if k not in (GIVEN, "seeds")}
+    if isinstance(out.get("budget"), dict):
+        out["budget"] = {k: v for k, v in out["budget"].items() if k != "seeds"}
+    return out
 
 
 def study_folders(root: str | os.PathLike) -> list[StudyFolder]:

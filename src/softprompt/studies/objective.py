@@ -26,7 +26,7 @@ from .base import Context, Point, Study, training_record
 from .config import QUICK_BUDGET, StudyConfig
 from .plot import plot_rows
 from .summary import Row, markdown_table, summarise
-from .verdicts import FINDINGS, NOT_REPRODUCED, REPRODUCED, Verdict, exceeds, untestable
+from .verdicts import EQUAL, FINDINGS, Claim, Verdict, judged, one_size
 
 SPAN, SENTINEL, LM = "span corruption", "span corruption + sentinel", "LM adaptation"
 STEPS_AXIS = "LM-adaptation steps"
@@ -119,22 +119,20 @@ class ObjectiveStudy(Study):
     def plot(self, rows: list[Row], path: Path, title: str) -> Path:
         return plot_rows(rows, path, title, STEPS_AXIS if all(r.x is not None for r in rows) else None)
 
-    def verdict(self, rows: list[Row], model: str) -> Verdict:
-        """Reproduced when LM adaptation beats span corruption (plain) beyond the seeds' spread; for
-        --lm-steps, when the longest adaptation beats the shortest beyond it."""
-        settings = {r.setting: r for r in rows if r.model == model}
-        blocked = untestable(list(settings.values()))
-        if blocked:
-            return blocked
-        if all(r.x is not None for r in settings.values()):
-            ordered = sorted(settings.values(), key=lambda r: r.x)
-            short, long = ordered[0], ordered[-1]
-            holds = exceeds(long.mean, long.std, short.mean, short.std)
-            return Verdict(REPRODUCED if holds else NOT_REPRODUCED,
-                           f"{long.x:g} steps {long.cell()} vs {short.x:g} steps {short.cell()}; "
-                           + ", ".join(f"{r.x:g}: {r.cell()}" for r in ordered))
-        lm, span = settings[LM], settings[SPAN]
-        holds = exceeds(lm.mean, lm.std, span.mean, span.std)
-        sentinel = settings[SENTINEL]
-        return Verdict(REPRODUCED if holds else NOT_REPRODUCED,
-                       f"LM adaptation {lm.cell()} vs span corruption {span.cell()} (+ sentinel {sentinel.cell()})")
+    def verdicts(self, records: list[dict[str, Any]]) -> list[tuple[str, Verdict]]:
+        """Judged per backbone family: its settings differ in checkpoint as well as in target format."""
+        return super().verdicts([{**r, "model": r["family"]} for r in records])
+
+    def judge(self, records: list[dict[str, Any]], model: str) -> list[Verdict]:
+        """LM adaptation vs span corruption, sentinels about equal (±2 points); with --lm-steps, the longest
+        adaptation vs the shortest. The sizes half ("XXL is robust to all choices") needs several sizes."""
+        mine = [r for r in records if r["model"] == model]
+        steps = sorted({r["x"] for r in mine if r.get("x") is not None})
+        if steps and len(steps) == len({r["setting"] for r in mine}):
+            by_x = {r["x"]: r["setting"] for r in mine}
+            claims = [Claim(f"longer LM adaptation helps: {steps[-1]:g} > {steps[0]:g} steps", by_x[steps[-1]], by_x[steps[0]])]
+        else:
+            claims = [Claim("LM adaptation > span corruption", LM, SPAN),
+                      Claim("adding sentinels helps little: span corruption + sentinel ≈ span corruption (±2 points)",
+                            SENTINEL, SPAN, EQUAL)]
+        return [*judged(records, model, claims), one_size("XXL is robust to all choices")]

@@ -76,3 +76,35 @@ def _finish(fig, ax, rows: list[Row], path: str | Path, title: str) -> Path:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_curves(records: list[dict], path: str | Path, title: str) -> Path | None:
+    """curves.png: every run's learning curve (the selection split's metric at each evaluation), one colour per setting.
+
+    None (and no file) when no record carries a curve (older results, or points that train nothing).
+    """
+    runs = [r for r in records if r.get("curve")]
+    if not runs:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    colours = {s: f"C{k % 10}" for k, s in enumerate(dict.fromkeys(r["setting"] for r in runs))}
+    labelled = set()
+    for record in runs:
+        steps, scores = zip(*record["curve"])
+        setting = record["setting"]
+        ax.plot(steps, [100 * s for s in scores], color=colours[setting], alpha=0.7, marker=".",
+                label=None if setting in labelled else setting)
+        labelled.add(setting)
+    chances = [r["chance"] for r in runs if r.get("chance") is not None]
+    if chances:
+        ax.axhline(100 * max(chances), color="grey", linestyle=":", label="majority class (dev)")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"{runs[0].get('metric', 'score')} on the selection split (%)")
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path

@@ -27,7 +27,8 @@ from ..config import normalised
 from ..files import write_text_atomic
 from .base import Study
 from .config import Budget, StudyConfig, saved_form, shard_of
-from .folder import PLOT_FILE, TABLE_FILE, StudyFolder
+from .folder import CURVES_FILE, GIVEN, PLOT_FILE, TABLE_FILE, StudyFolder
+from .plot import plot_curves
 from .registry import get_study
 from .summary import budget_line
 from .verdicts import FINDINGS
@@ -110,7 +111,9 @@ def write_outputs(study: Study, folder: StudyFolder) -> tuple[Path, Path]:
     rows = study.rows(records)
     table = folder.path / TABLE_FILE
     write_text_atomic(table, study_markdown(study, folder, records) + "\n")
-    plot = study.plot(rows, folder.path / PLOT_FILE, f"{study.name}: {folder.saved_config()['task']}")
+    title = f"{study.name}: {folder.saved_config()['task']}"
+    plot = study.plot(rows, folder.path / PLOT_FILE, title)
+    plot_curves(records, folder.path / CURVES_FILE, f"{title}, learning curves")
     return table, plot
 
 
@@ -129,7 +132,7 @@ def study_markdown(study: Study, folder: StudyFolder, records: list[dict[str, An
     finding = FINDINGS[study.name]
     lines += [f"Paper ({finding.source}): {finding.claim}", ""]
     for model, verdict in study.verdicts(records):
-        lines.append(f"- `{model}`: **{verdict.label}** ({verdict.reason})")
+        lines.append(f"- `{model}` — {verdict.claim}: **{verdict.label}** ({verdict.reason})")
     return "\n".join(lines)
 
 
@@ -139,6 +142,7 @@ def command_line(saved: dict[str, Any], root: Path) -> str:
     Defaults the study filled in are written out as flags, which is the same study: its saved
     config is the same. Built-in label maps (dicts) are the default for the targets and are left out.
     """
+    saved = {**saved, **{k: v for k, v in (saved.get(GIVEN) or {}).items() if v is not None}}  # paths as typed
     parts = ["softprompt", "study", saved["name"], *(["--quick"] if saved.get("quick") else [])]
     parts += [piece for model in saved.get("model") or [] for piece in ("--model", model)]
     for key in ("task", "target_task", "label_map", "lm_steps", "seeds", "max_steps", "eval_every", "eval_examples", "select_examples",

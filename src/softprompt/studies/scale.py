@@ -19,13 +19,17 @@ from ..errors import SoftpromptError
 from ..tasks import Example, Task, load_task, resolve_data_dir
 from .base import Context, Point, Study, model_keys
 from .config import QUICK_BUDGET
-from .summary import Row, models_of
+from .stats import Arm
 from .transfer import MODEL_TUNING, MODEL_TUNING_LR, PROMPT_TUNING
-from .verdicts import FINDINGS, NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, Verdict, exceeds, untestable
+from .verdicts import FINDINGS, Claim, Verdict, judged, not_testable
 
 FEW_SHOT = 4  # examples in context for few-shot prompt design
 DEMO_POOL = 1000  # demonstrations are drawn from the first N training examples
 ZERO_SHOT, FEW_SHOT_NAME = "prompt design (zero-shot)", f"prompt design ({FEW_SHOT}-shot)"
+CLAIMS = [Claim("below XXL, model tuning > prompt tuning (Figure 1's gap at this size)", MODEL_TUNING, PROMPT_TUNING),
+          Claim("prompt tuning > prompt design (zero-shot)", PROMPT_TUNING, ZERO_SHOT),
+          Claim(f"prompt tuning > prompt design ({FEW_SHOT}-shot)", PROMPT_TUNING, FEW_SHOT_NAME)]
+TREND = "prompt tuning approaches model tuning as the model grows (the gap narrows from the smallest size to the largest)"
 
 
 def design_text(task: Task, train: list[Example], shots: int, seed: int) -> str:
@@ -43,6 +47,10 @@ class ScaleStudy(Study):
     def check(self, ctx: Context) -> None:
         if not load_task(ctx.task).labels:
             raise SoftpromptError(f"study scale scores prompt design by rank classification over labels; task {ctx.task} has none")
+        families = {model: family(ctx.backbone(model)) for model in ctx.models}
+        if len(set(families.values())) > 1:
+            listed = ", ".join(f"{m} ({f})" for m, f in families.items())
+            raise SoftpromptError(f"study scale compares sizes of one family; these backbones are of different families: {listed}")
 
     def points(self, ctx: Context) -> list[Point]:
         task = load_task(ctx.task)
@@ -61,29 +69,28 @@ class ScaleStudy(Study):
                     points.append(Point(key % name, setting, model, seed, ctx.train_config(key % name, model, seed, prompt, max_steps=0)))
         return points
 
-    def verdicts(self, records: list[dict[str, Any]]) -> list[tuple[str, Verdict]]:
-        """One verdict for the family: the model-tuning gap shrinks from the smallest to the largest size."""
-        rows = self.rows(records)
-        family = " / ".join(models_of(rows))
-        return [(family, self.family_verdict(rows))]
+    def judge(self, records: list[dict[str, Any]], model: str) -> list[Verdict]:
+        return judged(records, model, CLAIMS)
 
-    def family_verdict(self, rows: list[Row]) -> Verdict:
-        """Reproduced when (model tuning - prompt tuning) shrinks from smallest to largest by more than prompt tuning's
-        spread, and prompt tuning beats the better prompt design at the largest size beyond the spread."""
-        blocked = untestable(rows)
-        if blocked:
-            return blocked
-        sizes = sorted(models_of(rows), key=lambda m: next(r.parameters for r in rows if r.model == m))
+    def verdicts(self, records: list[dict[str, Any]]) -> list[tuple[str, Verdict]]:
+        """The contrasts at each size, then the trend across sizes (smallest to largest by parameter count)."""
+        out = super().verdicts(records)
+        sizes = sorted(dict.fromkeys(r["model"] for r in records), key=lambda m: next(r["parameters"] for r in records if r["model"] == m))
         if len(sizes) < 2:
-            return Verdict(NOT_TESTABLE, "one size: a trend across sizes needs at least 2 --model")
-        table = {(r.model, r.setting): r for r in rows}
-        small, large = sizes[0], sizes[-1]
-        gap = {m: table[m, MODEL_TUNING].mean - table[m, PROMPT_TUNING].mean for m in (small, large)}
-        spread = max(table[small, PROMPT_TUNING].std, table[large, PROMPT_TUNING].std)
-        design = max((table[large, ZERO_SHOT], table[large, FEW_SHOT_NAME]), key=lambda r: r.mean)
-        tuned = table[large, PROMPT_TUNING]
-        narrows = gap[small] - gap[large] > spread
-        beats_design = exceeds(tuned.mean, tuned.std, design.mean, design.std)
-        reason = (f"model-tuning gap {100 * gap[small]:.1f} points at the smallest, {100 * gap[large]:.1f} at the largest "
-                  f"(spread {100 * spread:.1f}); prompt tuning {tuned.cell()} vs {design.setting} {design.cell()} at the largest")
-        return Verdict(REPRODUCED if narrows and beats_design else NOT_REPRODUCED, reason)
+            return out + [("one size", not_testable(TREND, "backbone: one size; a trend needs at least 2 --model of one family"))]
+        gaps = {m: gap_arm(records, m) for m in (sizes[0], sizes[-1])}
+        arms = {"smallest": gaps[sizes[0]], "largest": gaps[sizes[-1]]}
+        trend = judged(records, sizes[0], [Claim(TREND, "smallest", "largest")], arms=arms, gate={})
+        return out + [(" / ".join(sizes), trend[0])]
+
+
+def gap_arm(records: list[dict[str, Any]], model: str) -> Arm:
+    """Per seed at one size: model tuning's score minus prompt tuning's (the gap Figure 1 shows closing)."""
+    score = {(r["setting"], r["seed"]): float(r["score"]) for r in records if r["model"] == model}
+    seeds = sorted(s for setting, s in score if setting == PROMPT_TUNING and (MODEL_TUNING, s) in score)
+    return Arm(model, tuple(seeds), tuple(score[MODEL_TUNING, s] - score[PROMPT_TUNING, s] for s in seeds))
+
+
+def family(backbone: Any) -> str:
+    """A backbone's family: its kind and Hugging Face model type (T5 sizes share one; a Llama is another)."""
+    return f"{backbone.kind}/{getattr(backbone.model.config, 'model_type', '?')}"

@@ -179,7 +179,7 @@ def _p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"= {p:.3f}"
 
 
-def test_claims(arms: dict[str, Arm], claims: list[Claim], alpha: float = 0.05) -> list[Outcome]:
+def judge_claims(arms: dict[str, Arm], claims: list[Claim], alpha: float = 0.05) -> list[Outcome]:
     """The tests of one figure: each claim on its paired seeds, Holm across the "greater" claims given (an "equal" claim
     is a confidence-interval check, so its p_adjusted is its raw p). The states are those `RULE` states."""
     prepared = []
@@ -230,8 +230,6 @@ def test_claims(arms: dict[str, Arm], claims: list[Claim], alpha: float = 0.05) 
         outcomes.append(Outcome(claim, state, numbers, difference, t_int, boot, p, p_adj, mde, n))
     return outcomes
 
-
-test_claims.__test__ = False  # a library function, not a pytest test, though its name starts with "test"
 
 
 def mcnemar(a_correct: Sequence[float], b_correct: Sequence[float]) -> tuple[float, int, int]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import Budget
+from .stats import mean_interval
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,11 @@ class Row:
         return statistics.stdev(self.scores) if self.n > 1 else math.nan
 
     def cell(self) -> str:
-        return f"{100 * self.mean:.1f} ± {100 * self.std:.1f}" if self.n > 1 else f"{100 * self.mean:.1f}"
+        """mean ± std over seeds [95% t interval of the mean], in %; one seed has neither."""
+        if self.n < 2:
+            return f"{100 * self.mean:.1f}"
+        _, low, high = mean_interval(self.scores)
+        return f"{100 * self.mean:.1f} ± {100 * self.std:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
 
 
 def summarise(records: list[dict[str, Any]], score: str = "score") -> list[Row]:
@@ -71,7 +76,7 @@ def budget_line(budget: Budget, task: str, models: list[str]) -> str:
 def markdown_table(rows: list[Row], extra_columns: dict[str, dict[tuple[str, str], str]] | None = None) -> str:
     """A table of mean ± std (in %) per backbone and setting, with the seed count and chance level."""
     extra_columns = extra_columns or {}
-    header = ["backbone", "setting", "metric", "mean ± std (%)", "seeds", "chance (%)", *extra_columns]
+    header = ["backbone", "setting", "metric", "mean ± std [95% CI] (%)", "seeds", "chance (%)", *extra_columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         chance = f"{100 * row.chance:.1f}" if row.chance is not None else "n/a"

@@ -1,25 +1,23 @@
-"""The paper's findings, quoted once, and the rules that turn a study's numbers into a verdict.
+"""The paper's findings, quoted once, and the rules that turn a study's runs into verdicts (by test, stats.py).
 
-A verdict is computed, never typed: **reproduced** when the finding's ordering of means holds and
-each gap it relies on exceeds the larger of the two settings' seed standard deviations;
-**not reproduced** when the ordering fails or a gap is within the seeds' spread; **not testable
-at this scale** when there are fewer than 2 seeds (no spread to compare a gap with) or no setting
-beats the majority-class answer by more than `CHANCE_MARGIN` (nothing was learned).
+A study splits its finding into sub-claims ("class-label > random-uniform", "p=100 ≈ p=20") and
+each becomes one verdict row quoting only that sub-claim, in one of four states: supported,
+contradicted, inconclusive (with the smallest effect this budget could detect) or not testable
+(with the reason: data, backbone, budget). Halves of a finding about scale ("... gone at XXL")
+cannot be tested on one model size and say so.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-REPRODUCED, NOT_REPRODUCED, NOT_TESTABLE = "reproduced", "not reproduced", "not testable at this scale"
-CHANCE_MARGIN = 0.02  # 2 points above the majority-class score
+from .stats import CONTRADICTED, EQUAL, GREATER, INCONCLUSIVE, NOT_TESTABLE, RULE, SUPPORTED, Arm, Claim, judge_claims, learned
 
-RULE = ("A finding is **reproduced** when its ordering of means holds and every gap it claims exceeds the larger "
-        "standard deviation over seeds of the two settings compared; **not reproduced** when an ordering fails or a gap "
-        "is within that spread; **not testable at this scale** with fewer than 2 seeds per setting, or when no setting "
-        f"beats the majority-class answer by more than {100 * CHANCE_MARGIN:.0f} points.")
-
+__all__ = ["CONTRADICTED", "EQUAL", "FINDINGS", "GREATER", "INCONCLUSIVE", "NOT_TESTABLE", "RULE", "SUPPORTED", "Claim", "Finding", "Verdict",
+           "arms_of", "judged", "learned_gate", "not_testable", "one_size", "run_learned"]
 
 @dataclass(frozen=True)
 class Finding:
@@ -31,8 +29,9 @@ class Finding:
 
 @dataclass(frozen=True)
 class Verdict:
-    label: str
+    label: str  # one of the four states
     reason: str
+    claim: str = ""  # the sub-claim tested, as quoted in the report
 
 
 # Quoted from ../shared/REFERENCE.md (Lester et al. 2021), one entry per study.
@@ -61,34 +60,74 @@ FINDINGS: dict[str, Finding] = {
 }
 
 
-def exceeds(high_mean: float, high_std: float, low_mean: float, low_std: float) -> bool:
-    """Whether `high` beats `low` by more than the larger of their seed spreads."""
-    return high_mean - low_mean > max(high_std, low_std)
+def not_testable(claim: str, why: str) -> Verdict:
+    return Verdict(NOT_TESTABLE, why, claim)
 
 
-def untestable(rows: list, seeds_needed: int = 2) -> Verdict | None:
-    """NOT_TESTABLE with its reason (too few seeds, all at chance), else None. Rows are summary.Row."""
-    if not rows:
-        return Verdict(NOT_TESTABLE, "no finished points")
-    fewest = min(row.n for row in rows)
-    if fewest < seeds_needed:
-        return Verdict(NOT_TESTABLE, f"a setting has {fewest} seed(s); a gap needs at least {seeds_needed} to compare with their spread")
-    if any(math.isnan(row.mean) for row in rows):
-        return Verdict(NOT_TESTABLE, "a setting has no score")
-    chances = [row.chance for row in rows if row.chance is not None]
-    if chances and all(row.mean <= max(chances) + CHANCE_MARGIN for row in rows):
-        return Verdict(NOT_TESTABLE, f"every setting is within {100 * CHANCE_MARGIN:.0f} points of the majority-class score "
-                                     f"({100 * max(chances):.1f}%)")
-    return None
+def one_size(claim: str) -> Verdict:
+    """The verdict of a claim about how an effect changes with model size, on a study of one size."""
+    return not_testable(claim, "backbone: a claim about scale needs several sizes of one family; this study has one")
 
 
-def ordering(rows_in_claimed_order: list, names: list[str]) -> Verdict:
-    """The verdict on a claim "names[0] > names[1] > ...", each step a gap beyond the seeds' spread."""
-    failures = []
-    for (a, ra), (b, rb) in zip(zip(names, rows_in_claimed_order), zip(names[1:], rows_in_claimed_order[1:])):
-        if not exceeds(ra.mean, ra.std, rb.mean, rb.std):
-            failures.append(f"{a} {100 * ra.mean:.1f} ± {100 * ra.std:.1f} vs {b} {100 * rb.mean:.1f} ± {100 * rb.std:.1f}")
-    claimed = " > ".join(names)
-    if failures:
-        return Verdict(NOT_REPRODUCED, f"{claimed} fails: " + "; ".join(failures))
-    return Verdict(REPRODUCED, f"{claimed} holds, each gap beyond the seeds' spread")
+def run_learned(record: dict[str, Any]) -> bool | None:
+    """Whether a run learned its task (stats.learned on its dev examples); None where that cannot be told.
+
+    Uses the per-example correctness when the record has it; older records give their accuracy and
+    the number of dev examples their config scored.
+    """
+    chance = record.get("majority_rate", record.get("chance"))  # the accuracy of always answering the majority class
+    if chance is None:
+        return None
+    if record.get("dev_correct"):
+        correct = record["dev_correct"]
+        return learned(correct.count("1"), len(correct), chance)
+    n = (record.get("config") or {}).get("eval_examples")
+    metrics = record.get("metrics") or {}
+    accuracy = metrics.get("accuracy", metrics.get("rank_accuracy"))
+    if not n or accuracy is None:
+        return None
+    return learned(round(accuracy * n), n, chance)
+
+
+def arms_of(records: Iterable[dict[str, Any]], model: str, score: str = "score", correct: str = "dev_correct") -> dict[str, Arm]:
+    """One Arm per setting of `model`: its seeds, their scores and (where every seed kept them) per-example correctness."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        if record["model"] == model and record.get(score) is not None and not math.isnan(float(record[score])):
+            groups.setdefault(record["setting"], []).append(record)
+    arms = {}
+    for setting, group in groups.items():
+        group = sorted(group, key=lambda r: r["seed"])
+        per_example = None
+        if all(r.get(correct) for r in group) and len({len(r[correct]) for r in group}) == 1:
+            per_example = tuple(tuple(float(c) for c in r[correct]) for r in group)
+        arms[setting] = Arm(setting, tuple(r["seed"] for r in group), tuple(float(r[score]) for r in group), per_example)
+    return arms
+
+
+def learned_gate(records: Iterable[dict[str, Any]], model: str) -> dict[str, bool | None]:
+    """Per setting of `model`: whether any of its runs learned the task (None: no record could tell)."""
+    found: dict[str, bool | None] = {}
+    for record in records:
+        if record["model"] != model:
+            continue
+        state = run_learned(record)
+        previous = found.get(record["setting"])
+        found[record["setting"]] = bool(previous) or bool(state) if state is not None or previous is not None else None
+    return found
+
+
+def judged(records: list[dict[str, Any]], model: str, claims: list[Claim], score: str = "score",
+           arms: dict[str, Arm] | None = None, gate: dict[str, bool | None] | None = None) -> list[Verdict]:
+    """The claims of one figure tested together (Holm across them); a claim neither of whose settings learned the
+    task is not testable (budget), whatever its numbers say."""
+    arms = arms if arms is not None else arms_of(records, model, score)
+    gate = gate if gate is not None else learned_gate(records, model)
+    verdicts = []
+    for claim, outcome in zip(claims, judge_claims(arms, claims)):
+        if gate.get(claim.better) is False and gate.get(claim.worse) is False:
+            verdicts.append(not_testable(claim.text, "budget: no run of either setting beats the majority class "
+                                                     "(one-sided binomial test, p < 0.01)"))
+        else:
+            verdicts.append(Verdict(outcome.state, outcome.reason, claim.text))
+    return verdicts

@@ -1,0 +1,94 @@
+"""Studies at scale: the run cache shared across studies, shards of one study on one folder, local worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from softprompt.cli import main
+from test_studies import one_error_line, results, study
+
+TIMES = ("seconds", "point_seconds")  # wall time differs run to run; everything else must not
+
+
+@pytest.fixture(autouse=True)
+def data(monkeypatch, data_dir):
+    monkeypatch.setenv("SOFTPROMPT_DATA_DIR", str(data_dir))
+
+
+def comparable(records: list[dict], root: Path) -> list[dict]:
+    out = []
+    for r in records:
+        r = {k: v for k, v in r.items() if k not in TIMES}
+        r["config"] = {**r["config"], "output": os.path.relpath(r["config"]["output"], root)}
+        out.append(r)
+    return out
+
+
+def test_a_second_study_reuses_the_runs_it_shares_with_the_first(capsys, tmp_path, t5_dir):
+    assert study(capsys, "length", tmp_path, "--model", t5_dir, "--task", "cb")[0] == 0
+    runs = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "points").iterdir() if p.is_dir()}
+    assert len(runs) == 5 * 2  # 5 lengths x 2 seeds
+    code, out, err = study(capsys, "init", tmp_path, "--model", t5_dir, "--task", "cb")
+    assert code == 0, err
+    length = {(r["setting"], r["seed"]): r for r in results(tmp_path, "length")}
+    init = {(r["setting"], r["seed"]): r for r in results(tmp_path, "init")}
+    for seed in (0, 1):  # p = 100 class-label is init's class-label cell: the same run, trained once
+        assert init["class-label", seed]["run"] == length["p=100", seed]["run"]
+        assert init["class-label", seed]["dev_correct"] == length["p=100", seed]["dev_correct"]
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "points").iterdir() if p.is_dir()}
+    assert len(after) == 10 + 2 * 2 and all(after[name] == mtime for name, mtime in runs.items())  # only the two new inits trained
+
+
+def test_two_shards_and_a_last_call_give_the_records_of_one_run(capsys, tmp_path, t5_dir):
+    args = ("--model", t5_dir, "--task", "cb")
+    assert study(capsys, "init", tmp_path / "whole", *args)[0] == 0
+    shards = tmp_path / "sharded"
+    for k in (1, 2):
+        code, out, err = study(capsys, "init", shards, *args, "--shard", f"{k}/2")
+        assert code == 0, err
+        assert json.loads(out)["ran"] == 3 and json.loads(out)["table"] is None  # half of the 6 points each, no table yet
+    assert not (shards / "init" / "results.jsonl").exists()
+    assert len(list((shards / "init" / "records").glob("*.json"))) == 6
+    code, out, err = study(capsys, "init", shards, *args)  # the last call: nothing left to train; gathers and writes
+    assert code == 0 and json.loads(out)["ran"] == 0, err
+    assert comparable(results(shards, "init"), shards) == comparable(results(tmp_path / "whole", "init"), tmp_path / "whole")
+    assert (shards / "init" / "table.md").is_file() and (shards / "init" / "curves.png").is_file()
+
+
+def test_local_workers_run_the_shards_then_the_rest(capsys, tmp_path, t5_dir):
+    code, out, err = study(capsys, "init", tmp_path, "--model", t5_dir, "--task", "cb", "--workers", "2")
+    assert code == 0, err
+    records = results(tmp_path, "init")
+    assert [(r["setting"], r["seed"]) for r in records] == [(s, seed) for seed in (0, 1)
+                                                            for s in ("random-uniform", "sampled-vocab", "class-label")]
+    assert json.loads(out)["skipped"] == 6  # the workers ran every point; the last pass only gathered them
+
+
+@pytest.mark.parametrize("flags, needle", [(("--shard", "3/2"), "K/N"), (("--shard", "x"), "K/N"),
+                                           (("--shard", "1/2", "--workers", "2"), "--shard and --workers")])
+def test_bad_shard_settings_are_one_line(capsys, tmp_path, t5_dir, flags, needle):
+    code, _, err = study(capsys, "init", tmp_path, "--model", t5_dir, "--task", "cb", *flags)
+    one_error_line(code, err, needle)
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_torn_record_file_is_named(capsys, tmp_path, t5_dir):
+    assert study(capsys, "init", tmp_path, "--model", t5_dir, "--task", "cb")[0] == 0
+    path = sorted((tmp_path / "init" / "records").glob("*.json"))[0]
+    path.write_text('{"key": ')
+    code, _, err = study(capsys, "init", tmp_path, "--model", t5_dir, "--task", "cb")
+    one_error_line(code, err, str(path), "not a whole JSON record")
+
+
+def test_more_seeds_extend_a_study(capsys, tmp_path, t5_dir):
+    args = ("--model", t5_dir, "--task", "cb")
+    code = main(["study", "init", "--output", str(tmp_path), "--max-steps", "2", "--eval-examples", "8", "--select-examples", "16",
+                 "--seeds", "1", "--quiet", *map(str, args)])
+    assert code == 0 and len(results(tmp_path, "init")) == 3, capsys.readouterr()[1]
+    code, out, err = study(capsys, "init", tmp_path, *args)  # --seeds 2: the same study, extended
+    assert code == 0, err
+    assert json.loads(out)["ran"] == 3 and [r["seed"] for r in results(tmp_path, "init")] == [0, 0, 0, 1, 1, 1]

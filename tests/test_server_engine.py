@@ -3,8 +3,10 @@ cancellation, step-level interleaving, sampling, stop sequences and per-token ev
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 
 import pytest
 import torch
@@ -14,9 +16,11 @@ from softprompt.data import encode
 from softprompt.evaluate import predict, rank_scores
 from softprompt.model import PromptedModel
 from softprompt.prompt_io import PromptMetadata
+from softprompt.server import engine as engine_module
 from softprompt.server.decoding import SequenceDecoder, earliest_stop, undecided_tail
 from softprompt.server.engine import Engine, EngineSettings
 from softprompt.server.errors import BatchFailed, Cancelled, ContextTooLong, DeadlineExceeded, InvalidInput, Overloaded
+from softprompt.server.memory import trimmer
 from softprompt.server.work import Item, Job, Sampling
 from softprompt.tasks.base import Example
 
@@ -253,6 +257,58 @@ def test_close_drains_then_fails_what_is_left(model):
 
     with pytest.raises(ShuttingDown):
         engine.submit(rank_job("a", TEXTS[:1]))
+
+
+def test_finished_generations_leave_no_decode_state_or_cache_alive(model, monkeypatch):
+    """Issue 26's soak: resident memory grew, yet nothing of a finished generation may stay referenced (jobs,
+    cohorts, events, errors): every decode state and its cache is collectable once its jobs are settled."""
+    states = []
+    begin = model.adapter.begin_decode
+
+    def recorded(prompts, batch):
+        state, logits = begin(prompts, batch)
+        states.append((weakref.ref(state), weakref.ref(state.cache)))
+        return state, logits
+
+    monkeypatch.setattr(model.adapter, "begin_decode", recorded)
+    engine = Engine(model, EngineSettings(max_wait_s=0.0))
+    try:
+        first = engine.submit(gen_job("a", TEXTS, max_tokens=6))
+        events = []
+        streamed = engine.submit(Job("generate", [Item("b", TEXTS[0])], sampling=Sampling(max_tokens=4, n=2, logprobs=1),
+                                     sink=events.append))
+        late = gen_job("b", TEXTS[:1], max_tokens=30)
+        late.cancel()  # dropped before it starts, or between steps
+        engine.submit(late)
+        first.result(60), streamed.result(60)
+        engine.submit(rank_job("a", TEXTS[:1])).result(60)  # a later turn: the finished cohorts are gone by now
+        assert engine.generations.cohorts == []
+        gc.collect()
+        assert states and all(state() is None and cache() is None for state, cache in states)
+    finally:
+        engine.close(5)
+
+
+def test_the_engine_hands_freed_memory_back_after_work(model, monkeypatch):
+    trims = threading.Event()
+    monkeypatch.setattr(engine_module, "trimmer", lambda: trims.set)
+    engine = Engine(model, EngineSettings(max_wait_s=0.0, trim_every_s=0.01))
+    try:
+        engine.submit(gen_job("a", TEXTS[:1], max_tokens=3)).result(60)
+        assert trims.wait(30)  # also when the engine is idle after the work
+        assert engine.metrics.trim_seconds.collect()[0].samples  # timed in /metrics
+    finally:
+        engine.close(5)
+    never = Engine(model, EngineSettings(trim_every_s=0))
+    never.close(5)
+    assert never._trim is None
+
+
+def test_the_memory_trimmer_runs_where_the_c_library_has_one():
+    release = trimmer()
+    if release is None:
+        pytest.skip("no malloc_trim in this C library")
+    release()  # returns nothing, raises nothing
 
 
 def test_stops_cut_at_the_earliest_match():

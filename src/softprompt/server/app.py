@@ -96,7 +96,8 @@ def create_app(model: PromptedModel, directory: PromptDirectory, config: ServeCo
         raise SoftpromptError(f"--chat-format backbone: {model.adapter.name!r} has no chat template")
     settings = EngineSettings(max_batch_size=config.max_batch_size, max_batch_tokens=config.max_batch_tokens,
                               max_wait_s=config.max_wait_ms / 1000, max_running=config.max_running, max_queued=config.max_queued,
-                              stuck_seconds=config.stuck_seconds, hook_every_s=config.watch_seconds)
+                              stuck_seconds=config.stuck_seconds, hook_every_s=config.watch_seconds,
+                              trim_every_s=config.trim_memory_s)
     engine = Engine(model, settings, metrics, between_batches=directory.rescan if config.watch_seconds > 0 else None)
     ctx = ServerContext(model, directory, config, engine, metrics, admin_token)
 

@@ -47,6 +47,8 @@ class ServeConfig:
     prompts_writable: bool = setting(False, "PUT writes the prompt folder (atomically) and DELETE removes it, so replicas "
                                             "sharing the directory follow")
     watch_seconds: float = setting(0.0, "rescan the prompt directory this often, between batches (0: never)")
+    trim_memory_s: float = setting(5.0, "after work, hand the memory freed by the model thread back to the OS at most this "
+                                        "often (glibc's malloc_trim; without it resident memory grows under load; 0: never)")
     prompt_cache_mb: float = setting(256.0, "memory for decoder-only prompts' keys/values kept between batches (LRU)")
     max_inputs: int = setting(64, "most inputs (or candidates) in one request")
     max_input_chars: int = setting(8000, "most characters in one input")
@@ -63,7 +65,7 @@ class ServeConfig:
             raise SoftpromptError("give --prompts DIR (a directory of prompt folders; it may start empty)")
         at_least(self, 1, "max_batch_size", "max_batch_tokens", "max_inputs", "max_input_chars", "max_tokens_limit",
                  "max_running", "max_queued", "limit_concurrency", "max_choices")
-        at_least(self, 0, "max_wait_ms", "prompt_cache_mb", "watch_seconds", "default_temperature")
+        at_least(self, 0, "max_wait_ms", "prompt_cache_mb", "watch_seconds", "default_temperature", "trim_memory_s")
         at_least(self, 0.001, "max_body_mb", "request_timeout_s", "drain_seconds", "header_timeout_s", "stuck_seconds")
         if not 0 <= self.port <= 65535:
             raise SoftpromptError(f"port={self.port} (--port) must be between 0 and 65535")

@@ -11,7 +11,9 @@ loop (iteration-level scheduling, as Orca and vLLM do it):
 3. scores one batch of rank jobs (bounded by `max_batch_size` candidate rows and
    `max_batch_tokens` padded tokens per forward);
 4. starts new generations as a cohort (one prefill forward), up to `max_running` sequences;
-5. advances every running cohort by one token, emitting one event per sequence.
+5. advances every running cohort by one token, emitting one event per sequence;
+6. after work, at most every `trim_every_s`, hands the memory the C library kept back to the OS
+   (memory.py: tensors of ever-changing shapes otherwise grow resident memory without bound).
 
 So a short rank request waits for at most one decode step of the running generations, never for
 a whole generation, and new generations join between steps. On a decoder-only backbone a new
@@ -48,6 +50,7 @@ from .errors import (
     ShuttingDown,
 )
 from .generation import Generations
+from .memory import trimmer
 from .metrics import ServerMetrics
 from .tokenising import Tokeniser
 from .work import Job, settle
@@ -65,6 +68,7 @@ class EngineSettings:
     max_queued: int = 1024
     stuck_seconds: float = 120.0
     hook_every_s: float = 0.0  # how often `between_batches` runs (0: never)
+    trim_every_s: float = 5.0  # how often freed memory may be handed back to the OS after work (0: never)
 
 
 @dataclass
@@ -95,6 +99,9 @@ class Engine:
         self._drain_until = math.inf
         self._finished: deque[tuple[float, int]] = deque()  # (when, cost) of recent jobs: what Retry-After is estimated from
         self._next_hook = time.monotonic() + settings.hook_every_s
+        self._trim = trimmer() if settings.trim_every_s > 0 else None
+        self._next_trim = time.monotonic() + settings.trim_every_s
+        self._worked = False  # tensors were allocated since the last trim
         self.heartbeat = time.monotonic()
         self.failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="softprompt-engine", daemon=True)
@@ -197,10 +204,12 @@ class Engine:
         if not self._take():
             return False
         self._drop_dead()
+        self._worked = self._worked or bool(self._waiting or self.generations.cohorts)
         self._run_rank()
         self._admit()
         self.generations.step_all()
         self._hook()
+        self._release_memory()
         self.metrics.running.set(self.generations.running)
         return True
 
@@ -211,7 +220,10 @@ class Engine:
             return False
         idle = not (self._waiting or self.generations.cohorts)
         if idle:
-            timeout = None if self.settings.hook_every_s <= 0 else max(self._next_hook - time.monotonic(), 0.01)
+            wake = [self._next_hook] if self.settings.hook_every_s > 0 else []
+            if self._trim is not None and self._worked:
+                wake.append(self._next_trim)  # an idle server still gives back what its last work freed
+            timeout = max(min(wake) - time.monotonic(), 0.01) if wake else None
             try:
                 first = self._inbox.get(timeout=timeout)
             except queue.Empty:
@@ -254,6 +266,16 @@ class Engine:
             self.between_batches()
         except Exception:  # noqa: BLE001 - a failed rescan is logged; the server goes on with what it has
             log.exception("between-batches hook failed")
+
+    def _release_memory(self) -> None:
+        """After work, at most every `trim_every_s`: the freed memory the C library keeps goes back to the OS (memory.py)."""
+        if self._trim is None or not self._worked or time.monotonic() < self._next_trim:
+            return
+        start = time.perf_counter()
+        self._trim()
+        self.metrics.trim_seconds.observe(time.perf_counter() - start)
+        self._worked = False
+        self._next_trim = time.monotonic() + self.settings.trim_every_s
 
     def _drop_dead(self) -> None:
         now = time.monotonic()

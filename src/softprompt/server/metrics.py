@@ -34,6 +34,8 @@ class ServerMetrics:
         self.batch_examples = Histogram("softprompt_batch_examples", "examples per forward", buckets=BATCH_BUCKETS, registry=r)
         self.queue_wait = Histogram("softprompt_queue_wait_seconds", "time a request waited before its batch ran",
                                     buckets=LATENCY_BUCKETS, registry=r)
+        self.trim_seconds = Histogram("softprompt_memory_trim_seconds", "time handing freed memory back to the OS (malloc_trim)",
+                                      buckets=LATENCY_BUCKETS, registry=r)
         self.prompts_loaded = Gauge("softprompt_prompts_loaded", "prompts in the bank", registry=r)
         self.cache_bytes = Gauge("softprompt_prompt_cache_bytes", "bytes of prompt keys/values kept between batches", registry=r)
         self.cache_entries = Gauge("softprompt_prompt_cache_entries", "prompts whose keys/values are kept", registry=r)

@@ -37,8 +37,9 @@ from .run import RunDir, Stopper, random_states, restore_random_states, seed_eve
 from .tasks import hold_out, load_task, require_examples, resolve_data_dir
 
 CHECKPOINT_FILE, PREDICTIONS_FILE = "checkpoint.pt", "dev_predictions.json"
-# Fields that may change when a run is resumed; any other difference means a different run.
-RESUMABLE_FIELDS = {"max_steps", "max_minutes", "eval_batch_size", "log_every", "device", "compile"}
+# Fields that may change when a run is resumed; any other difference means a different run. The run directory and
+# the data folder may move (another clone, another machine's mount of a shared filesystem): the run is the same.
+RESUMABLE_FIELDS = {"max_steps", "max_minutes", "eval_batch_size", "log_every", "device", "compile", "output", "data_dir"}
 
 
 @dataclass

@@ -42,12 +42,13 @@ import torch.nn.functional as F
 
 from ..backbones import Backbone, BackboneSpec, load_backbone
 from ..config import PromptConfig, TrainConfig
-from ..files import atomic_path, write_json_atomic
+from ..files import write_json_atomic
 from ..prompt import initial_prompt
 from ..prompt_io import load_prompt, save_prompt
 from ..tasks import load_task
 from .base import Context, Point, Study, model_keys, training_record
 from .config import QUICK_BUDGET
+from .plot import save_figure
 from .stats import CONTRADICTED, INCONCLUSIVE, SUPPORTED
 from .summary import Row, models_of, summarise
 from .verdicts import FINDINGS, NOT_TESTABLE, Claim, Verdict, arms_of, judged, not_testable, run_learned
@@ -172,14 +173,7 @@ class NeighborsStudy(Study):
             ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, linestyle="none", label=model)
         ax.set_xticks(range(len(settings)), settings, rotation=20, ha="right", fontsize="small")
         ax.set_ylabel(f"{MEASURES['cluster_cosine']} (top-{TOP_K})")
-        ax.set_title(title)
-        ax.legend(fontsize="small")
-        fig.tight_layout()
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110)
-        plt.close(fig)
-        return path
+        return save_figure(fig, ax, path, title)
 
     def table(self, rows: list[Row], records: list[dict[str, Any]]) -> str:
         """Mean ± std over seeds of each measure per backbone and setting, with the task score of the trained ones."""

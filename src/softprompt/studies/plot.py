@@ -68,6 +68,11 @@ def _finish(fig, ax, rows: list[Row], path: str | Path, title: str) -> Path:
     if chances:
         ax.axhline(100 * max(chances), color="grey", linestyle=":", label="majority class")
     ax.set_ylabel(f"{rows[0].metric if rows else 'score'} (%)")
+    return save_figure(fig, ax, path, title)
+
+
+def save_figure(fig, ax, path: str | Path, title: str) -> Path:
+    """Title, legend and layout; the PNG written atomically (a killed study never leaves half a plot)."""
     ax.set_title(title)
     ax.legend(fontsize="small")
     fig.tight_layout()
@@ -100,11 +105,4 @@ def plot_curves(records: list[dict], path: str | Path, title: str) -> Path | Non
         ax.axhline(100 * max(chances), color="grey", linestyle=":", label="majority class (dev)")
     ax.set_xlabel("training step")
     ax.set_ylabel(f"{runs[0].get('metric', 'score')} on the selection split (%)")
-    ax.set_title(title)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, ax, path, title)

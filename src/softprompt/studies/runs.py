@@ -77,7 +77,7 @@ def finished_result(config: TrainConfig) -> TrainResult | None:
         return None
     defaults = normalised(TrainConfig(task=config.task))
     current = {k: v for k, v in normalised(config).items() if k in saved or v != defaults.get(k)}  # fields added since
-    if config_differences(saved, current, RESUMABLE_FIELDS) or result.get("steps", -1) < config.max_steps:
+    if config_differences(saved, current, NOT_THE_RUN) or result.get("steps", -1) < config.max_steps:
         return None
     if config.select_examples is not None and "dev_best" not in result:
         return None

@@ -88,7 +88,8 @@ def test_more_seeds_extend_a_study(capsys, tmp_path, t5_dir):
     args = ("--model", t5_dir, "--task", "cb")
     code = main(["study", "init", "--output", str(tmp_path), "--max-steps", "2", "--eval-examples", "8", "--select-examples", "16",
                  "--seeds", "1", "--quiet", *map(str, args)])
-    assert code == 0 and len(results(tmp_path, "init")) == 3, capsys.readouterr()[1]
+    err = capsys.readouterr()[1]  # the first call's output, read so the second call's stands alone
+    assert code == 0 and len(results(tmp_path, "init")) == 3, err
     code, out, err = study(capsys, "init", tmp_path, *args)  # --seeds 2: the same study, extended
     assert code == 0, err
     assert json.loads(out)["ran"] == 3 and [r["seed"] for r in results(tmp_path, "init")] == [0, 0, 0, 1, 1, 1]

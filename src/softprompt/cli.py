@@ -60,10 +60,20 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    """Under torchrun or srun every rank runs this; rank 0 alone prints. A failed peer ends the job in one line."""
+    from . import distributed
     from .train import train
 
-    result = train(train_config(args), resume=args.resume, progress=not args.quiet)
-    print(json.dumps({"output": str(result.output), "steps": result.steps, "best_step": result.best_step, "best": result.best_metrics}))
+    try:
+        result = train(train_config(args), resume=args.resume, progress=not args.quiet)
+    except RuntimeError as err:  # a collective that failed: a peer died, or timed out
+        if not distributed.active():
+            raise
+        raise SoftpromptError(distributed.peer_failure(err)) from None
+    finally:
+        distributed.leave()
+    if distributed.world_from_env().writer:
+        print(json.dumps({"output": str(result.output), "steps": result.steps, "best_step": result.best_step, "best": result.best_metrics}))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

@@ -144,6 +144,12 @@ class TrainConfig:
     dtype: DType = setting("fp32", "storage dtype of the frozen backbone; the prompt's master copy stays fp32")
     precision: Precision = setting("fp32", "autocast precision of the forward pass (bf16 or fp16; TF32 is on for CUDA)")
     compile: bool = setting(False, "torch.compile the backbone: faster steps after a minute or two of compiling")
+    micro_batch_size: int | None = setting(None, "split each process's share of a batch into micro-batches of this many "
+                                           "examples (gradient accumulation): the same step in less memory")
+    gradient_checkpointing: bool = setting(False, "recompute the frozen backbone's activations in the backward pass: "
+                                           "less memory, about a third more time")
+    deterministic: bool = setting(False, "deterministic algorithms and one intra-op thread, so two runs (and a killed "
+                                  "and resumed run) end bit-identical; slower")
     ema_decay: float | None = setting(None, "not in the paper: evaluate and keep a moving average of the trained weights, e.g. 0.99")
     task_spec: dict[str, Any] | None = setting(None, "a custom task's spec (CustomTaskSpec.to_dict())", cli=False)
     tune: Tune = setting("prompt", "prompt: prompt tuning; model: the model-tuning baseline, every weight trains")
@@ -153,7 +159,7 @@ class TrainConfig:
             self.prompt = PromptConfig(**self.prompt)
         check_fields(self)
         at_least(self, 0, "max_steps")
-        at_least(self, 1, "batch_size", "eval_every", "eval_batch_size", "checkpoint_every", "log_every",
+        at_least(self, 1, "batch_size", "micro_batch_size", "eval_every", "eval_batch_size", "checkpoint_every", "log_every",
                  "train_examples", "eval_examples", "select_examples")
         at_least(self, 2, "max_input_length", "max_target_length")
         for name in ("lr", "max_minutes"):

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from .data import Features, collate, encode, encode_all, sorted_batches, target_ids, unformat_target
 from .device import to_device
+from .distributed import SINGLE, World, gather, shard, unshard
 from .errors import SoftpromptError
 from .model import PromptedModel
 from .tasks.base import Example, Task
@@ -89,7 +90,8 @@ def best_candidate(options: Sequence[str], scores: Sequence[float]) -> str:
 
 
 def evaluate(model: PromptedModel, task: Task, examples: Sequence[Example], prompt: str, method: str = "rank",
-             batch_size: int = 64, progress: bool = False, outputs: dict[str, list[str]] | None = None) -> dict[str, float]:
+             batch_size: int = 64, progress: bool = False, outputs: dict[str, list[str]] | None = None,
+             world: World = SINGLE) -> dict[str, float]:
     """The task's metrics for prompt `prompt`; `method` is "rank", "generate" or "both".
 
     `outputs`, when given, receives each method's output texts in example order (for per-example
@@ -97,23 +99,28 @@ def evaluate(model: PromptedModel, task: Task, examples: Sequence[Example], prom
 
     Rank classification applies to examples with candidates; where a task has none (free-text
     answers, WSC) generation is used instead. Keys are prefixed by the method when both run.
+    On several processes (`world`), each rank scores its share of the examples and the outputs are
+    gathered back in order, so every rank computes the same metrics (and picks the same best step).
     Raises SoftpromptError for unlabeled examples (a test split): there is nothing to score against.
     """
     if examples and not any(e.target for e in examples):
         raise SoftpromptError(f"task {task.name}: these examples have no targets (a test split?), so they cannot be scored; "
                               "use `softprompt predict` for outputs")
     record = model.bank[prompt]
-    features = encode_all(model.adapter, prompt, record, examples, task.name, with_target=False)
+    mine = shard(list(range(len(examples))), world)  # every example on one process
+    features = encode_all(model.adapter, prompt, record, [examples[i] for i in mine], task.name, with_target=False)
     methods = ["rank", "generate"] if method == "both" else [method]
     if not all(e.candidates for e in examples):
         methods = ["generate"]
     results: dict[str, float] = {}
     for name in methods:
         if name == "rank":
-            texts = rank_texts(model, features, [e.candidates for e in examples], batch_size, progress)
+            texts = rank_texts(model, features, [examples[i].candidates for i in mine], batch_size, progress)
         else:
-            max_new = max(len(target_ids(model.adapter, record, e.target)) for e in examples) + 2
+            max_new = max(len(target_ids(model.adapter, record, e.target)) for e in examples) + 2  # over all ranks' examples
             texts = generate_texts(model, features, batch_size, max(max_new, 4), progress)
+        if world.distributed:
+            texts = unshard(gather(texts))
         if outputs is not None:
             outputs[name] = texts
         scores = task.metric(texts, examples)

@@ -58,10 +58,14 @@ class PromptedModel(nn.Module):
         return list(self.bank.parameters())
 
     # ---- the three uses: loss, scores, generation ------------------------------------------
-    def forward(self, batch: dict) -> torch.Tensor:
-        """Mean NLL over all target tokens of the batch (what the optimizer minimises)."""
+    def forward(self, batch: dict, reduction: str = "mean") -> torch.Tensor:
+        """NLL over all target tokens of the batch: their mean, or (`reduction="sum"`) their sum.
+
+        The trainer takes the sum and divides by the global batch's token count, so a batch split
+        over ranks or micro-batches takes the same step.
+        """
         nll, count = self.nll(batch)
-        return nll.sum() / count.sum().clamp(min=1)
+        return nll.sum() if reduction == "sum" else nll.sum() / count.sum().clamp(min=1)
 
     def nll(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-example NLL sums and target-token counts, (b,) each."""

@@ -26,20 +26,25 @@ import torch
 from safetensors.torch import load_file
 
 from .config import TrainConfig, normalised
-from .data import BatchStream, collate, encode_all
-from .device import autocast, enable_tf32, to_device
+from .data import BatchStream, Features, collate, encode_all
+from .device import autocast, enable_tf32, make_deterministic, to_device
+from .distributed import SINGLE, World, barrier, join
+from .errors import SoftpromptError
 from .evaluate import evaluate
 from .files import atomic_folder, write_json_atomic
 from .model import TUNED_BACKBONE_DIR, PromptedModel, build_model
 from .optim import WeightAverage, learning_rate, make_optimizer, trainable_parameters
 from .prompt_io import WEIGHTS_NAME, load_prompt, save_prompt
-from .run import RunDir, Stopper, random_states, restore_random_states, seed_everything
+from .run import RunDir, Stopper, seed_everything
 from .tasks import hold_out, load_task, require_examples, resolve_data_dir
+from .trainer import Trainer, seed_rank
 
 CHECKPOINT_FILE, PREDICTIONS_FILE = "checkpoint.pt", "dev_predictions.json"
 # Fields that may change when a run is resumed; any other difference means a different run. The run directory and
 # the data folder may move (another clone, another machine's mount of a shared filesystem): the run is the same.
-RESUMABLE_FIELDS = {"max_steps", "max_minutes", "eval_batch_size", "log_every", "device", "compile", "output", "data_dir"}
+# How the work is laid out (micro-batches, recomputed activations, determinism) changes rounding, not the run.
+RESUMABLE_FIELDS = {"max_steps", "max_minutes", "eval_batch_size", "log_every", "device", "compile", "output", "data_dir",
+                    "micro_batch_size", "gradient_checkpointing", "deterministic"}
 
 
 @dataclass
@@ -66,13 +71,15 @@ def save_tuned_backbone(model: PromptedModel, directory: Path) -> None:
 
 
 class Loop:
-    """One run's moving parts; `train()` builds one and runs it. Each method is one phase."""
+    """One run's moving parts, and the `Objective` the trainer calls; `train()` builds one and runs it."""
 
-    def __init__(self, config: TrainConfig, resume: bool, progress: bool):
-        self.config, self.progress = config, progress
+    def __init__(self, config: TrainConfig, resume: bool, progress: bool, world: World = SINGLE):
+        self.config, self.progress, self.world = config, progress, world
         self.run = RunDir(config.output, normalised(config), RESUMABLE_FIELDS, resume,
-                          markers=(CHECKPOINT_FILE, WEIGHTS_NAME), checkpoint_name=CHECKPOINT_FILE)
+                          markers=(CHECKPOINT_FILE, WEIGHTS_NAME), checkpoint_name=CHECKPOINT_FILE, writer=world.writer)
         self.run.check()
+        if config.deterministic:
+            make_deterministic()
         self.task = load_task(config.task, config.task_spec)
         data_dir = resolve_data_dir(config.data_dir)
         load = self.task.load
@@ -84,6 +91,8 @@ class Loop:
         self.dev_examples = require_examples(self.task, "validation", data_dir, load("validation", data_dir)[: config.eval_examples])
         seed_everything(config.seed)
         self.model, self.note = build_model(config, self.task)
+        if config.gradient_checkpointing:
+            enable_gradient_checkpointing(self.model)
         self.name = self.task.name
         features = encode_all(self.model.adapter, self.name, self.model.bank[self.name], self.train_examples, f"{self.name} train")
         self.stream = BatchStream(features, config.batch_size, config.seed, config.group_by_length)
@@ -91,48 +100,63 @@ class Loop:
         self.lr = learning_rate(config, self.model.adapter)
         self.optimizer = make_optimizer(params, config, self.lr)
         self.average = WeightAverage(params, config.ema_decay) if config.ema_decay is not None else None
-        self.state = {"step": 0, "best_step": -1, "best_metrics": {}, "evaluated_at": -1, "final": None}
+        self.trainer = Trainer(self.run, world, self.stream, self.optimizer, params,
+                               micro_batch_size=config.micro_batch_size, device=self.model.device)
+        self.module = self.trainer.wrap(self.model) if config.tune == "model" else self.model
+        seed_rank(config.seed, world.rank)
+        self.state = {"best_step": -1, "best_metrics": {}, "evaluated_at": -1, "final": None}
+
+    @property
+    def step_count(self) -> int:
+        return self.trainer.step_count
 
     def start(self) -> int:
         """Write the run directory and restore its checkpoint, if any; returns the checkpoint's step (or -1)."""
-        saved = self.run.start()
+        saved = self.trainer.start(self)
         if saved is None:
             self.run.log({"step": 0, "lr": self.lr, "recipe": self.config.recipe})
         if self.note:
-            print(f"softprompt: {self.note}", file=sys.stderr)
+            if self.world.writer:
+                print(f"softprompt: {self.note}", file=sys.stderr)
             self.run.log({"step": 0, "note": self.note})
-        if saved is None:
-            return -1
+        return -1 if saved is None else saved["step"]
+
+    # ---- the Objective: what the trainer asks of this loop -------------------------------------------
+    def nll(self, items: list[Features]) -> torch.Tensor:
+        batch = to_device(collate(self.model.adapter, items), self.model.device)
+        with autocast(self.config.precision, self.model.device):
+            return self.module(batch, reduction="sum")
+
+    def tokens(self, items: list[Features]) -> int:
+        return sum(len(f.target_ids) for f in items)
+
+    def after_step(self, step: int) -> None:
+        if self.average is not None:
+            self.average.update()
+
+    def state_dict(self) -> dict:
+        average = self.average
+        return {"trainable": {k: v.detach().cpu() for k, v in self.model.named_parameters() if v.requires_grad},
+                "average": [t.cpu() for t in average.averages] if average is not None else None, **self.state}
+
+    def load_state(self, saved: dict) -> None:
         self.model.load_state_dict(saved["trainable"], strict=False)
-        self.optimizer.load_state_dict(saved["optimizer"])
         self.state.update({k: saved[k] for k in self.state if k in saved})
-        self.stream.seek(*saved["position"])
-        restore_random_states(saved["random"])
         if self.average is not None:
             self.average.averages = [t.to(self.model.device) for t in saved["average"]]
-        return saved["step"]
-
-    def save_state(self) -> None:
-        model, average = self.model, self.average
-        self.run.save_checkpoint({
-            "trainable": {k: v.detach().cpu() for k, v in model.named_parameters() if v.requires_grad},
-            "optimizer": self.optimizer.state_dict(), **self.state,
-            "position": self.stream.position(), "random": random_states(),
-            "average": [t.cpu() for t in average.averages] if average is not None else None,
-        })
 
     def scores(self, examples: list, outputs: dict[str, list[str]] | None = None) -> dict[str, float]:
-        """The task's metrics on `examples` for the weights as they are now."""
+        """The task's metrics on `examples` for the weights as they are now (each rank scores a share)."""
         self.model.eval()
         with autocast(self.config.precision, self.model.device):
             metrics = evaluate(self.model, self.task, examples, self.name, self.config.eval_method, self.config.eval_batch_size,
-                               outputs=outputs)
+                               outputs=outputs, world=self.world)
         self.model.train()
         return metrics
 
-    def evaluate(self) -> None:
+    def evaluate(self, step: int | None = None) -> None:
         """Score the selection split (with the average swapped in, if any); keep the prompt if it is the best so far."""
-        config, model, step = self.config, self.model, self.state["step"]
+        config, model, step = self.config, self.model, self.step_count
         self.state["evaluated_at"] = step
         with self.average.swapped_in() if self.average is not None else nullcontext():
             selection = self.select_examples if self.select_examples is not None else self.dev_examples
@@ -141,27 +165,30 @@ class Loop:
             key, best = next(iter(metrics)), self.state["best_metrics"]
             if not best or metrics[key] > best[key]:
                 self.state.update(best_step=step, best_metrics=metrics)
-                record = model.bank[self.name]
-                metadata = replace(record.metadata, step=step, metrics=metrics, backbone_fingerprint=model.adapter.fingerprint())
-                save_prompt(self.run.output, record.weight, metadata)
-                if config.tune == "model":
-                    save_tuned_backbone(model, self.run.output / TUNED_BACKBONE_DIR)
+                if self.world.writer:
+                    record = model.bank[self.name]
+                    metadata = replace(record.metadata, step=step, metrics=metrics, backbone_fingerprint=model.adapter.fingerprint())
+                    save_prompt(self.run.output, record.weight, metadata)
+                    if config.tune == "model":
+                        save_tuned_backbone(model, self.run.output / TUNED_BACKBONE_DIR)
 
     def score_dev(self) -> None:
         """The full dev set at the last step and at the chosen one (its weights read back from the saved files)."""
-        step, best_step = self.state["step"], self.state["best_step"]
+        step, best_step = self.step_count, self.state["best_step"]
         last_outputs: dict[str, list[str]] = {}
         best_outputs: dict[str, list[str]] = {}
         with self.average.swapped_in() if self.average is not None else nullcontext():
             last = self.scores(self.dev_examples, last_outputs)
         current = {k: v.detach().clone() for k, v in self.model.named_parameters() if v.requires_grad}
+        barrier()  # rank 0 has saved the best weights before any rank reads them
         self.load_saved_best()
         best = self.scores(self.dev_examples, best_outputs)
         self.model.load_state_dict(current, strict=False)
         method = next(iter(last_outputs))
-        write_json_atomic(self.run.output / PREDICTIONS_FILE, {
-            "method": method, "best_step": best_step, "last_step": step, "targets": [e.target for e in self.dev_examples],
-            "best": best_outputs[method], "last": last_outputs[method]})
+        if self.world.writer:
+            write_json_atomic(self.run.output / PREDICTIONS_FILE, {
+                "method": method, "best_step": best_step, "last_step": step, "targets": [e.target for e in self.dev_examples],
+                "best": best_outputs[method], "last": last_outputs[method]})
         self.state["final"] = {"at": step, "dev_best": best, "dev_last": last}
         self.run.log({"step": step, "dev_best": best, "dev_last": last, "best_step": best_step})
 
@@ -175,62 +202,49 @@ class Loop:
                 for path in sorted(folder.glob("*.safetensors")):
                     self.model.backbone.load_state_dict(load_file(str(path), device=str(self.model.device)), strict=False)
 
-    def step(self) -> float:
-        """One optimizer step on the next batch; returns its loss."""
-        batch = to_device(collate(self.model.adapter, self.stream.next()), self.model.device)
-        with autocast(self.config.precision, self.model.device):
-            loss = self.model(batch)
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.average is not None:
-            self.average.update()
-        self.state["step"] += 1
-        return loss.item()
+    def postfix(self) -> dict[str, str]:
+        best = self.state["best_metrics"]
+        return {"dev": f"{next(iter(best.values())):.3f}"} if best else {}
 
-    def loop(self, stopper: Stopper) -> None:
-        config = self.config
-        while not stopper.should_stop(self.state["step"]):
-            loss = self.step()
-            step = self.state["step"]
-            if step % config.log_every == 0:
-                self.run.log({"step": step, "loss": round(loss, 5), "seconds": round(stopper.elapsed(), 2)})
-                best = self.state["best_metrics"]
-                stopper.advance(step, loss=f"{loss:.3f}", **({"dev": f"{next(iter(best.values())):.3f}"} if best else {}))
-            else:
-                stopper.advance(step)
-            if step % config.eval_every == 0:
-                self.evaluate()
-            if step % config.checkpoint_every == 0:
-                self.save_state()
+
+def enable_gradient_checkpointing(model: PromptedModel) -> None:
+    """Recompute the backbone's activations in backward; non-reentrant, so gradients reach a prompt spliced into its input."""
+    backbone = model.backbone
+    if not getattr(backbone, "supports_gradient_checkpointing", False):
+        raise SoftpromptError(f"gradient_checkpointing: {model.adapter.name!r} ({type(backbone).__name__}) does not support it")
+    backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Prompt-tune one task. Raises SoftpromptError for bad input or a clashing output directory.
+    """Prompt-tune one task, on this process or on every process a launcher started (torchrun, srun).
 
-    Everything that can fail on bad input (task, data, backbone, lengths) is checked before the
-    run directory is written, so a failed start leaves nothing behind. Resuming a finished run
-    changes nothing.
+    Raises SoftpromptError for bad input or a clashing output directory. Everything that can fail
+    on bad input (task, data, backbone, lengths) is checked before the run directory is written,
+    so a failed start leaves nothing behind. Resuming a finished run changes nothing.
     """
-    loop = Loop(config, resume, progress)
+    world, device = join(config.device)
+    if device != config.device:
+        config = replace(config, device=device)
+    loop = Loop(config, resume, progress, world)
     restored_step = loop.start()
     enable_tf32(loop.model.device)
     loop.model.train()
-    stopper = Stopper(config.max_steps, config.max_minutes, loop.state["step"], f"train {loop.name}", progress)
-    loop.loop(stopper)
+    trainer = loop.trainer
+    stopper = Stopper(config.max_steps, config.max_minutes, trainer.step_count, f"train {loop.name}", progress and world.writer)
+    trainer.fit(loop, stopper, config.log_every, config.eval_every, config.checkpoint_every, loop.postfix)
     stopper.close()
-    changed = loop.state["step"] != restored_step
-    if loop.state["evaluated_at"] != loop.state["step"]:
+    changed = trainer.step_count != restored_step
+    if loop.state["evaluated_at"] != trainer.step_count:
         loop.evaluate()
     final = loop.state["final"]
-    if config.select_examples is not None and (final is None or final["at"] != loop.state["step"]):
+    if config.select_examples is not None and (final is None or final["at"] != trainer.step_count):
         loop.score_dev()
         changed = True
     if changed:
-        loop.save_state()
+        trainer.save(loop)
     state, seconds, final = loop.state, stopper.elapsed(), loop.state["final"] or {}
-    loop.run.write_result({"steps": state["step"], "best_step": state["best_step"], "best_metrics": state["best_metrics"],
+    loop.run.write_result({"steps": trainer.step_count, "best_step": state["best_step"], "best_metrics": state["best_metrics"],
                            "metric": next(iter(state["best_metrics"]), None),
                            "seconds": round(seconds, 1), **({k: final[k] for k in ("dev_best", "dev_last")} if final else {})})
-    return TrainResult(loop.run.output, state["step"], state["best_step"], state["best_metrics"], seconds,
+    return TrainResult(loop.run.output, trainer.step_count, state["best_step"], state["best_metrics"], seconds,
                        final.get("dev_best"), final.get("dev_last"))

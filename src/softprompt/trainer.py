@@ -1,0 +1,169 @@
+"""The one trainer: step, micro-batches, gradient reduction, stop, checkpoint and random state, on one process or many.
+
+A loop (prompt tuning, model tuning, pretraining, a PEFT baseline) supplies what only it knows
+(`Objective`): the summed loss of some examples and their target-token count, what to do after a
+step, an evaluation, and its own state to checkpoint. The trainer does the rest, the same way for
+every loop:
+
+- every rank draws the same global batch from the stream and keeps its share (`distributed.shard`);
+  a rank left with nothing (a last batch smaller than the world) computes one example at weight 0,
+  so it still joins the reduction;
+- its share is split into micro-batches of `micro_batch_size`; each one's summed NLL is divided
+  by the *global* count of target tokens, which every rank can count from the global batch, so
+  any split (ranks x micro-batches) takes the single-process step, up to float rounding;
+- gradients are summed over ranks once per step: the prompt bank's in one flat all-reduce, a
+  module under `DistributedDataParallel` (model tuning) by DDP itself (its mean is scaled back to
+  a sum), synchronising only on the last micro-batch;
+- the stop (steps, wall clock) is decided by all ranks together, so none waits for a peer that left;
+- only rank 0 writes (`RunDir(writer=...)`); every rank's random state goes into the checkpoint,
+  and a resume restores each rank's own, at the same world size only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from typing import Any, Protocol
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from . import distributed as dist
+from .errors import SoftpromptError
+from .run import RunDir, Stopper, random_states, restore_random_states, seed_everything
+
+RANK_SEED_STRIDE = 1_000_003  # rank r > 0 seeds its generators with seed + r * stride; rank 0 keeps the run's seed
+
+
+class Stream(Protocol):
+    def next(self) -> list: ...
+    def position(self) -> tuple[int, ...]: ...
+    def seek(self, *position: int) -> None: ...
+
+
+class Objective(Protocol):
+    """What a loop supplies to the trainer."""
+
+    def nll(self, items: Sequence[Any]) -> torch.Tensor:
+        """The summed loss (NLL over target tokens) of `items`, a scalar that backpropagates."""
+
+    def tokens(self, items: Sequence[Any]) -> int:
+        """How many target tokens `items` hold: the loss of a step is its summed NLL over this count for the global batch."""
+
+    def after_step(self, step: int) -> None:
+        """Called on every rank after each optimizer step (a moving average, say)."""
+
+    def evaluate(self, step: int) -> None:
+        """Called on every rank every `eval_every` steps; ranks must take the same decisions (gather, do not guess)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The loop's own part of a checkpoint (best so far, an average ...)."""
+
+    def load_state(self, saved: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
+
+
+def seed_rank(seed: int, rank: int) -> None:
+    """Per-rank random streams (dropout differs across ranks); rank 0 keeps the single-process stream."""
+    if rank:
+        seed_everything(seed + rank * RANK_SEED_STRIDE)
+
+
+class Trainer:
+    """Runs the optimizer steps of one run. `module` is the model as the loop calls it (DDP-wrapped under model tuning)."""
+
+    def __init__(self, run: RunDir, world: dist.World, stream: Stream, optimizer: torch.optim.Optimizer,
+                 params: list[torch.nn.Parameter], *, micro_batch_size: int | None = None,
+                 grad_clip: float | None = None, device: torch.device | str = "cpu"):
+        self.run, self.world, self.stream = run, world, stream
+        self.optimizer, self.params = optimizer, params
+        self.micro_batch_size, self.grad_clip, self.device = micro_batch_size, grad_clip, device
+        self.ddp_module: DistributedDataParallel | None = None
+        self.step_count = 0
+
+    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        """`module` under DistributedDataParallel on several ranks (model tuning, pretraining); itself on one.
+
+        Only for modules whose weights train: a frozen backbone with a prompt bank reduces the bank
+        by hand instead (`dist.sum_gradients`), one small all-reduce per step.
+        """
+        if not self.world.distributed:
+            return module
+        device = torch.device(self.device)
+        self.ddp_module = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+        return self.ddp_module
+
+    # ---- starting and saving ----------------------------------------------------------------------
+    def start(self, objective: Objective) -> dict[str, Any] | None:
+        """Write the run folder (rank 0), then restore its checkpoint on every rank; returns it (None for a new run)."""
+        saved = self.run.start()
+        dist.barrier()  # rank 0 has written run.json and trimmed the log before any rank reads the checkpoint
+        if saved is None:
+            return None
+        world_size = saved.get("world_size", 1)
+        if world_size != self.world.size:
+            raise SoftpromptError(f"{self.run.checkpoint_path}: saved by {world_size} process(es), resumed with {self.world.size}; "
+                                  f"resume with the same number of processes")
+        self.step_count = saved["step"]
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.stream.seek(*saved["position"])
+        ranks = saved.get("random_ranks")
+        restore_random_states(ranks[self.world.rank] if ranks else saved["random"])
+        objective.load_state(saved)
+        return saved
+
+    def save(self, objective: Objective) -> None:
+        """A checkpoint: every rank's random state is gathered (a collective: all ranks call this), rank 0 writes."""
+        states = dist.gather(random_states())
+        self.run.save_checkpoint({
+            "optimizer": self.optimizer.state_dict(), **objective.state_dict(), "step": self.step_count,
+            "position": self.stream.position(), "random": states[0], "world_size": self.world.size,
+            **({"random_ranks": states} if self.world.distributed else {}),
+        })
+
+    # ---- one step ---------------------------------------------------------------------------------
+    def step(self, objective: Objective) -> float:
+        """One optimizer step on the next global batch; returns its loss (the same on every rank)."""
+        items = self.stream.next()
+        total = max(objective.tokens(items), 1)
+        mine, weight = dist.shard(items, self.world), 1.0
+        if not mine:  # fewer examples than ranks: compute one, count none, so the reduction still meets
+            mine, weight = items[:1], 0.0
+        size = self.micro_batch_size or len(mine)
+        chunks = [mine[i : i + size] for i in range(0, len(mine), size)]
+        # DDP averages gradients over ranks; the loss here is a sum over the global batch, so scale its mean back
+        scale = self.world.size if self.ddp_module is not None else 1
+        nll_sum = torch.zeros((), device=self.device)
+        for i, chunk in enumerate(chunks):
+            last = i == len(chunks) - 1
+            with self.ddp_module.no_sync() if self.ddp_module is not None and not last else nullcontext():
+                nll = objective.nll(chunk)
+                (nll * weight * scale / total).backward()
+            nll_sum += nll.detach() * weight
+        if self.ddp_module is None:
+            dist.sum_gradients(self.params)
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step_count += 1
+        objective.after_step(self.step_count)
+        return float(dist.all_sum(nll_sum) / total)
+
+    # ---- the run ----------------------------------------------------------------------------------
+    def fit(self, objective: Objective, stopper: Stopper, log_every: int, eval_every: int, checkpoint_every: int,
+            postfix: Any = None) -> None:
+        """Steps until the ranks agree to stop; logs, evaluates and checkpoints on their schedules."""
+        while not dist.any_rank(stopper.should_stop(self.step_count), self.device):
+            loss = self.step(objective)
+            step = self.step_count
+            if step % log_every == 0:
+                self.run.log({"step": step, "loss": round(loss, 5), "seconds": round(stopper.elapsed(), 2)})
+                stopper.advance(step, loss=f"{loss:.3f}", **(postfix() if postfix else {}))
+            else:
+                stopper.advance(step)
+            if step % eval_every == 0:
+                objective.evaluate(step)
+            if step % checkpoint_every == 0:
+                self.save(objective)
+

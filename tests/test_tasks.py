@@ -445,6 +445,35 @@ def test_custom_task_names_a_missing_template_field(tmp_path):
         task.load("train", None)
 
 
+def test_custom_task_reads_dotted_fields_of_nested_json(tmp_path):
+    rows = [{"review": {"text": "Great film", "stars": 5}, "meta": {"label": "pos"}},
+            {"review": {"text": "Dull", "stars": 1}, "meta": {"label": "neg"}}]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    task = custom_task(CustomTaskSpec(tmp_path / "train.jsonl", "review: {review.text} ({review.stars!s:>2} stars)",
+                                      "meta.label", labels=("neg", "pos")))
+    assert [(e.input, e.target) for e in task.load("train", None)] == [
+        ("review: Great film ( 5 stars)", "pos"), ("review: Dull ( 1 stars)", "neg")]
+    write_jsonl(tmp_path / "gap.jsonl", [rows[0], {"review": {"stars": 3}, "meta": {"label": "pos"}}])
+    with pytest.raises(SoftpromptError, match=r"gap\.jsonl, line 2: field 'review\.text' is missing"):
+        custom_task(CustomTaskSpec(tmp_path / "gap.jsonl", "{review.text}", "meta.label")).load("train", None)
+    with pytest.raises(SoftpromptError, match=r"'\{review\.0\}' must be a field name, or a dotted path"):
+        custom_task(CustomTaskSpec(tmp_path / "train.jsonl", "{review.0}", "meta.label"))
+
+
+@pytest.mark.parametrize("template, target, message", [
+    ("review: {review}", "label", "field 'review' holds a JSON object, not text; name one of its fields with a dotted path, "
+                                  "e.g. '{review.text}'"),
+    ("review: {tags}", "label", "field 'tags' holds a JSON array, not text"),
+    ("review: {review.text}", "review", "field 'review' holds a JSON object, not text"),
+])
+def test_custom_task_refuses_a_field_holding_json_object_or_array(tmp_path, template, target, message):
+    """An object or array has no one text: refused, not trained on as its Python repr."""
+    write_jsonl(tmp_path / "train.jsonl", [{"review": {"text": "fine"}, "tags": [], "label": "pos"}] * 2)
+    task = custom_task(CustomTaskSpec(tmp_path / "train.jsonl", template, target))
+    with pytest.raises(SoftpromptError, match=f"^{re.escape(str(tmp_path / 'train.jsonl'))}, line 1: {re.escape(message)}"):
+        task.load("train", None)
+
+
 
 # --- a custom task's spec as JSON data ---------------------------------------------------------
 

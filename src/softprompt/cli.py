@@ -15,6 +15,7 @@ from pathlib import Path
 from .config import EvalConfig, PredictConfig, TrainConfig
 from .configargs import add_config_arguments, config_from_args, given, merged
 from .errors import SoftpromptError
+from .files import json_text
 from .server.config import ServeConfig
 from .tasks.custom import CustomTaskSpec
 
@@ -46,6 +47,11 @@ def read_config_file(path: str | None) -> dict:
         raise SoftpromptError(f"{path}: not a JSON config ({err})") from None
 
 
+def print_json(data, **options) -> None:
+    """Print `data` as JSON, "è" as itself where stdout's encoding can write it (`json_text`)."""
+    print(json_text(data, sys.stdout.encoding or "utf-8", **options))
+
+
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """Library defaults, else a saved run.json (--config), with the typed flags laid over them."""
     base = read_config_file(args.config)
@@ -73,7 +79,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     finally:
         distributed.leave()
     if distributed.world_from_env().writer:
-        print(json.dumps({"output": str(result.output), "steps": result.steps, "best_step": result.best_step, "best": result.best_metrics}))
+        print_json({"output": str(result.output), "steps": result.steps, "best_step": result.best_step, "best": result.best_metrics})
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -82,14 +88,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
     spec = custom_spec(args, getattr(args, "task", None))
     config = config_from_args(EvalConfig, args, {"task_spec": spec} if spec else None)
     for result in eval_prompts(config, progress=not args.quiet):
-        print(json.dumps(result))
+        print_json(result)
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from .inference import predict_inputs
 
     for row in predict_inputs(config_from_args(PredictConfig, args)):
-        print(json.dumps(row))
+        print_json(row)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -123,7 +129,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
     weight, metadata = load_prompt(args.prompt)
     stats = {"norm_mean": round(float(weight.norm(dim=1).mean()), 4)}
-    print(json.dumps({**asdict(metadata), **stats}, indent=2))
+    print_json({**asdict(metadata), **stats}, indent=2)
 
 
 def pretrain_configs(args: argparse.Namespace):
@@ -181,7 +187,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
             result = pretrain(lm, args.cache, args.output, init_from=args.init_from, command=command)
         if result["complete"]:
             write_lineage_card(args.output, read_cache_meta(args.cache))
-    print(json.dumps(result, default=str))
+    print_json(result, default=str)
 
 
 def add_pretrain_args(p: argparse.ArgumentParser) -> None:
@@ -211,8 +217,8 @@ def cmd_study(args: argparse.Namespace) -> None:
     from .studies import StudyConfig, run_study
 
     outcome = run_study(config_from_args(StudyConfig, args, {"name": args.name}), progress=not args.quiet)
-    print(json.dumps({"study": str(outcome.folder), "ran": outcome.ran, "skipped": outcome.skipped,
-                      "table": outcome.table and str(outcome.table), "plot": outcome.plot and str(outcome.plot)}))
+    print_json({"study": str(outcome.folder), "ran": outcome.ran, "skipped": outcome.skipped,
+                "table": outcome.table and str(outcome.table), "plot": outcome.plot and str(outcome.plot)})
 
 
 def cmd_report(args: argparse.Namespace) -> None:

@@ -37,14 +37,28 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def json_text(data: Any, encoding: str = "utf-8", **options: Any) -> str:
+    """`data` as JSON with its text as people read it ("è", not "\\u00e8"), for a file or stream in `encoding`.
+
+    Where `encoding` cannot write a character (stdout in ASCII, a lone surrogate from a file name),
+    the whole text is escaped as json.dumps does by default: still the same JSON.
+    """
+    text = json.dumps(data, ensure_ascii=False, **options)
+    try:
+        text.encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        return json.dumps(data, **options)
+    return text
+
+
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(path, json_text(data, indent=2, sort_keys=True) + "\n")
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append one JSON line; a line is written with one call so a kill cannot split it."""
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.write(json_text(record, sort_keys=True) + "\n")
 
 
 def _old_path(path: Path) -> Path:

@@ -31,7 +31,10 @@ class SharedPrefixDecoderOnly(DecoderOnly):
     """
 
     def _nothing_to_share(self, prompts: Prompts) -> bool:
-        return self.bos_id is None and all(w.shape[0] == 0 for w in prompts.weights)
+        """True where the concatenated path must run: no prompt rows, or a training forward under gradient
+        checkpointing (Hugging Face turns the key/value cache off when it recomputes activations)."""
+        recomputing = self.model.training and torch.is_grad_enabled() and getattr(self.model, "is_gradient_checkpointing", False)
+        return recomputing or (self.bos_id is None and all(w.shape[0] == 0 for w in prompts.weights))
 
     prefix_cache: PrefixCache | None = None  # set by enable_prefix_cache: prompt states kept between batches
 

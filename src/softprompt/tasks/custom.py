@@ -21,15 +21,18 @@ READERS = {".jsonl": read_jsonl, ".csv": read_csv, ".tsv": read_tsv}
 class CustomTaskSpec:
     """A custom task; the file format comes from each file's extension (.jsonl, .csv, .tsv).
 
-    `input_template` is str.format over a row's fields ("review: {text}"). With `labels`,
+    `input_template` is str.format over a row's fields ("review: {text}"); a dotted name reads a
+    field of a nested JSON object ("{review.text}"), and so may `target_field`. With `labels`,
     the task is classification (every target must be a label); without, free text scored
     by SQuAD-style EM/F1. Each field's metadata holds its one-line "help" (and "flag" where
     the command line spells it differently), so front ends describe the spec from here.
     """
 
     train_file: str | os.PathLike = field(metadata={"help": "training rows: a .jsonl, .csv or .tsv file"})
-    input_template: str = field(metadata={"help": "str.format template over a row's fields, e.g. 'review: {text}'"})
-    target_field: str = field(metadata={"help": "the row field that holds the target text"})
+    input_template: str = field(
+        metadata={"help": "str.format template over a row's fields, e.g. 'review: {text}'; {review.text} reads a nested field"}
+    )
+    target_field: str = field(metadata={"help": "the row field that holds the target text (a dotted path reads a nested field)"})
     validation_file: str | os.PathLike | None = field(
         default=None, metadata={"help": "validation rows, in any of the training file's formats", "flag": "dev-file"}
     )
@@ -120,8 +123,8 @@ def custom_rows(path: Path) -> Iterator[Record]:
 
 
 def target_text(record: Record, name: str) -> str:
-    """The target field as text: JSON numbers and booleans are written as Python prints them."""
-    value = record.value(name)
+    """The target field (or dotted path) as text: JSON numbers and booleans are written as Python prints them."""
+    value = record.scalar(name)
     text = value if isinstance(value, str) else str(value)
     if not text.strip():
         raise record.error(name, "is empty")

@@ -36,14 +36,38 @@ class Record:
         """The error for a bad field of this record."""
         return SoftpromptError(f"{self.where}: field '{self.prefix}{name}' {problem}")
 
+    def find(self, name: str) -> Any:
+        """The value of field `name`, or of a dotted path into nested JSON objects ("review.text"); None where absent.
+
+        A field whose own name holds the dot (a CSV column "review.text") comes first.
+        """
+        if name in self.fields or "." not in name:
+            return self.fields.get(name)
+        value: Any = self.fields
+        for part in name.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        return value
+
     def has(self, name: str) -> bool:
-        return self.fields.get(name) is not None
+        return self.find(name) is not None
 
     def value(self, name: str) -> Any:
-        """The field's value; raises SoftpromptError when the field is missing."""
-        if not self.has(name):
+        """The value of a field or dotted path (see `find`); raises SoftpromptError when it is missing."""
+        value = self.find(name)
+        if value is None:
             raise self.error(name, "is missing")
-        return self.fields[name]
+        return value
+
+    def scalar(self, name: str) -> Any:
+        """A text, number or boolean (see `value`); raises SoftpromptError on a JSON object or array, which is no one text."""
+        value = self.value(name)
+        if isinstance(value, Mapping):
+            example = f"{name}.{next(iter(value))}" if value else f"{name}.FIELD"
+            raise self.error(name, f"holds a JSON object, not text; name one of its fields with a dotted path, e.g. '{{{example}}}'")
+        if isinstance(value, list):
+            raise self.error(name, "holds a JSON array, not text; name a text field, or a field inside an object with a "
+                                   "dotted path such as '{review.text}'")
+        return value
 
     def text(self, name: str, allow_empty: bool = False) -> str:
         """A text field; raises SoftpromptError when missing, not text, or empty."""
@@ -105,20 +129,21 @@ class Record:
         return index
 
     def render(self, template: str, allow_empty: tuple[str, ...] = ()) -> str:
-        """Fill a str.format template with this record's (stripped) text fields.
+        """Fill a str.format template with this record's (stripped) text fields; "{review.text}" reads a nested one.
 
-        Every field the template names must be present and non-empty, except those in
-        `allow_empty` (official data has a few empty answer options, for instance).
+        Every field the template names must be present, non-empty and no JSON object or array
+        (`scalar`), except that those in `allow_empty` may be empty (official data has a few
+        empty answer options, for instance).
         """
         values = {}
         for name in template_fields(template):
-            value = self.value(name)
+            value = self.scalar(name)
             if not isinstance(value, str):
                 value = str(value)
             if not value.strip() and name not in allow_empty:
                 raise self.error(name, "is empty")
             values[name] = value.strip()
-        return template.format_map(values)
+        return fill(template, values)
 
 
 def template_fields(template: str) -> list[str]:
@@ -130,9 +155,20 @@ def template_fields(template: str) -> list[str]:
     if not names:
         raise SoftpromptError(f"input template {template!r} names no field; write e.g. 'review: {{text}}'")
     for name in names:
-        if not name or name.isdigit() or "." in name or "[" in name:
-            raise SoftpromptError(f"input template {template!r}: '{{{name}}}' must be a plain field name")
+        if "[" in name or any(not part or part.isdigit() for part in name.split(".")):
+            raise SoftpromptError(f"input template {template!r}: '{{{name}}}' must be a field name, "
+                                  "or a dotted path into a JSON object such as '{review.text}'")
     return names
+
+
+def fill(template: str, values: Mapping[str, str]) -> str:
+    """str.format of `template` with each field looked up by its whole name, so "{review.text}" is one key of `values`."""
+    parts = []
+    for literal, name, spec, conversion in _FORMATTER.parse(template):
+        parts.append(literal)
+        if name is not None:
+            parts.append(format(_FORMATTER.convert_field(values[name], conversion), spec or ""))
+    return "".join(parts)
 
 
 def read_text(path: Path) -> str:

@@ -13,7 +13,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -112,15 +112,23 @@ class RunDir:
         elif self.output.is_dir() and any(p.name not in (RUN_FILE, LOG_FILE, RESULT_FILE) for p in self.output.iterdir()):
             raise SoftpromptError(f"{self.output} is not empty and holds no softprompt run; choose another --output")
 
-    def start(self) -> dict[str, Any] | None:
-        """Write `run.json` and return the checkpoint to resume from (None for a fresh start)."""
+    def start(self, check: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
+        """Write `run.json` and return the checkpoint to resume from (None for a fresh start).
+
+        `check` sees the checkpoint before anything is written, and may refuse it (raise).
+        """
         if not self.writer:
-            return self.load_checkpoint()
+            state = self.load_checkpoint()
+            if state is not None and check is not None:
+                check(state)
+            return state
         try:
             self.output.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise SoftpromptError(f"{self.output}: cannot create the run directory ({err.strerror})") from None
         state = self.load_checkpoint() if self.started else None
+        if state is not None and check is not None:
+            check(state)
         if state is None:
             self.log_path.unlink(missing_ok=True)
         else:
@@ -151,11 +159,6 @@ class RunDir:
     def log(self, record: dict[str, Any]) -> None:
         if self.writer:
             append_jsonl(self.log_path, record)
-
-    def read_log(self) -> list[dict[str, Any]]:
-        if not self.log_path.is_file():
-            return []
-        return [json.loads(line) for line in self.log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
     def write_result(self, result: dict[str, Any]) -> None:
         if self.writer:

@@ -96,14 +96,10 @@ class Trainer:
     # ---- starting and saving ----------------------------------------------------------------------
     def start(self, objective: Objective) -> dict[str, Any] | None:
         """Write the run folder (rank 0), then restore its checkpoint on every rank; returns it (None for a new run)."""
-        saved = self.run.start()
-        dist.barrier()  # rank 0 has written run.json and trimmed the log before any rank reads the checkpoint
+        saved = self.run.start(check=self.check_world)
+        dist.barrier()  # no rank steps before rank 0 has written run.json and trimmed the log
         if saved is None:
             return None
-        world_size = saved.get("world_size", 1)
-        if world_size != self.world.size:
-            raise SoftpromptError(f"{self.run.checkpoint_path}: saved by {world_size} process(es), resumed with {self.world.size}; "
-                                  f"resume with the same number of processes")
         self.step_count = saved["step"]
         self.optimizer.load_state_dict(saved["optimizer"])
         self.stream.seek(*saved["position"])
@@ -111,6 +107,13 @@ class Trainer:
         restore_random_states(ranks[self.world.rank] if ranks else saved["random"])
         objective.load_state(saved)
         return saved
+
+    def check_world(self, saved: dict[str, Any]) -> None:
+        """Refuse, before anything is written, a checkpoint saved by another number of processes."""
+        world_size = saved.get("world_size", 1)
+        if world_size != self.world.size:
+            raise SoftpromptError(f"{self.run.checkpoint_path}: saved by {world_size} process(es), resumed with {self.world.size}; "
+                                  f"resume with the same number of processes")
 
     def save(self, objective: Objective) -> None:
         """A checkpoint: every rank's random state is gathered (a collective: all ranks call this), rank 0 writes."""

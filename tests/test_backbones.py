@@ -51,6 +51,13 @@ def test_unknown_packaged_backbone_names_the_shipped_ones():
         resolve_backbone_name("packaged:nosuch")
 
 
+def test_the_package_provides_every_name_it_exports():
+    import softprompt.backbones as backbones
+
+    assert [name for name in backbones.__all__ if not hasattr(backbones, name)] == []
+    assert backbones.SMOLLM2 == backbones.DEFAULT_BACKBONE
+
+
 def test_fingerprint_tells_every_backbone_apart_and_survives_precision():
     """Item 6: the cheap fingerprint separates the packaged and tiny backbones, and bf16 storage keeps it."""
     tiny = [tiny_adapter(kind, seed) for kind in ALL_KINDS for seed in (0, 1)]

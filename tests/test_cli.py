@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from softprompt.cli import main
+from softprompt.files import json_text
 
 
 def run(capsys, *args) -> tuple[int, str, str]:
@@ -160,6 +161,7 @@ def custom_args(backbone, output, train_file, *extra):
     ('{"text": "fine", "label": "good"}\n{"text": "meh", "label": "okay"}\n', ["line 2", "okay"]),
     ('{"text": "fine", "label": "good"}\n{"text": "  ", "label": "bad"}\n', ["line 2"]),
     (b'{"text": "caf\xe9", "label": "good"}\n', ["line 1"]),
+    ('{"text": {"body": "fine"}, "label": "good"}\n', ["line 1", "field 'text' holds a JSON object", "{text.body}"]),
 ])
 def test_bad_custom_rows(rows, needles, saved_backbone, tmp_path, capsys):
     path = tmp_path / "rows.jsonl"
@@ -175,6 +177,32 @@ def test_custom_task_trains(saved_backbone, tmp_path, capsys):
     code, out, err = run(capsys, *custom_args(saved_backbone, tmp_path / "out", path))
     assert code == 0, err
     assert json.loads((tmp_path / "out" / "prompt.json").read_text())["labels"] == ["bad", "good"]
+
+
+def test_custom_task_reads_a_dotted_field(saved_backbone, tmp_path, capsys):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"review": {"text": "fine film"}, "label": "good"}\n{"review": {"text": "awful"}, "label": "bad"}\n')
+    args = custom_args(saved_backbone, tmp_path / "out", path)
+    args[args.index("--input-template") + 1] = "review: {review.text}"
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+
+
+def test_predict_and_inspect_print_non_ascii_text_as_itself(saved_backbone, tmp_path, capsys):
+    path = tmp_path / "avis-clientèle.jsonl"
+    path.write_text('{"text": "très bien", "label": "good"}\n{"text": "mauvais 日本", "label": "bad"}\n', encoding="utf-8")
+    args = custom_args(saved_backbone, tmp_path / "out", path)
+    args[args.index("--input-template") + 1] = "critique très brève : {text}"
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    code, out, err = run(capsys, "predict", "--prompt", tmp_path / "out", "--input", "critique : très 日本", "--method", "rank")
+    assert code == 0, err
+    assert "critique : très 日本" in out and json.loads(out)["input"] == "critique : très 日本"
+    code, out, err = run(capsys, "inspect", "--prompt", tmp_path / "out")
+    assert code == 0, err
+    assert "critique très brève" in out and "avis-clientèle.jsonl" in out and "\\u00e8" not in out
+    assert json_text({"input": "è"}, "ascii") == '{"input": "\\u00e8"}'  # a stdout that cannot write it gets escapes
+    assert (tmp_path / "out" / "prompt.json").read_text(encoding="utf-8").count("très brève") == 1  # files too
 
 
 def test_help_everywhere(capsys):

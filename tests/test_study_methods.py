@@ -128,6 +128,23 @@ def test_peft_rank_scorer_matches_brute_force(kind, method):
     assert torch.allclose(torch.tensor(batched), torch.tensor(expected, dtype=torch.float32), atol=1e-3), (batched, expected)
 
 
+@pytest.mark.parametrize("kind", ["t5", "gpt2", "llama"])
+def test_adapter_names_its_peft_task_type_and_lays_out_peft_batches(kind):
+    """peft_runs asks the adapter, never the kind: T5 inputs and labels apart, decoder-only [BOS; X; Y] labelled on Y."""
+    backbone = adapter_for(*tiny_backbone(kind), name=f"tiny-{kind}")
+    assert TaskType(backbone.peft_task_type) == (TaskType.SEQ_2_SEQ_LM if kind == "t5" else TaskType.CAUSAL_LM)
+    batch = {k: v.tolist() for k, v in backbone.forward_batch([[5, 6, 7], [8]], [[9, 1], [10]]).items()}
+    n, b = backbone.tokenizer.pad_token_id, getattr(backbone, "bos_id", None)  # T5 has none
+    expected = {
+        "t5": {"input_ids": [[5, 6, 7], [8, n, n]], "attention_mask": [[1, 1, 1], [1, 0, 0]], "labels": [[9, 1], [10, -100]]},
+        "gpt2": {"input_ids": [[5, 6, 7, 9, 1], [8, 10, n, n, n]], "attention_mask": [[1] * 5, [1, 1, 0, 0, 0]],
+                 "labels": [[-100, -100, -100, 9, 1], [-100, 10, -100, -100, -100]]},
+        "llama": {"input_ids": [[b, 5, 6, 7, 9, 1], [b, 8, 10, n, n, n]], "attention_mask": [[1] * 6, [1, 1, 1, 0, 0, 0]],
+                  "labels": [[-100] * 4 + [9, 1], [-100, -100, 10, -100, -100, -100]]},
+    }[kind]
+    assert batch == expected and (b is not None) == (kind == "llama")
+
+
 def test_methods_refuses_several_backbones_and_label_free_tasks(capsys, tmp_path):
     model, tokenizer = tiny_backbone("t5")
     path = tmp_path / "tiny"

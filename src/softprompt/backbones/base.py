@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -278,6 +278,22 @@ class Backbone(ABC):
 
         pair_example (c,) names each pair's example; candidate_ids (c, m) are target ids padded with -100.
         """
+
+    # ---- the model's own forward, run by a wrapper that adds its own tokens (PEFT's prompt learning) ----
+    peft_task_type: ClassVar[str]  # PEFT's TaskType for this kind: "CAUSAL_LM" or "SEQ_2_SEQ_LM"
+
+    @abstractmethod
+    def forward_batch(self, inputs: Sequence[list[int]], targets: Sequence[list[int]]) -> dict[str, torch.Tensor]:
+        """(input, target) pairs for the model's own forward, right-padded so each sequence starts in the first
+        column (a wrapper's virtual tokens sit directly before it): input_ids, attention_mask, and labels that are
+        -100 off the target tokens."""
+
+    @abstractmethod
+    def forward_nll(self, forward: Callable[..., Any], batch: dict[str, torch.Tensor], offset: int = 0
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-example target NLL sums and token counts, (b,) each, of a `forward_batch` through `forward` (the
+        model, or a wrapper of it such as a PeftModel); `offset`: positions the wrapper puts before the sequence
+        in the logits it returns (P-tuning's virtual tokens)."""
 
     @abstractmethod
     def generate(self, prompts: Prompts, batch: dict[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:

@@ -9,7 +9,8 @@ ones whose logits are computed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,7 @@ from .base import Backbone, DecodeState, Prompts, label_nll, pad, splice
 class DecoderOnly(Backbone):
     kind = "decoder-only"
     padding_side = "left"
+    peft_task_type = "CAUSAL_LM"
 
     def __init__(self, model, tokenizer, name: str = ""):
         super().__init__(model, tokenizer, name)
@@ -63,6 +65,23 @@ class DecoderOnly(Backbone):
             "attention_mask": pad([[1] * len(s) for s in sequences], 0, left=True),  # (b, n + m)
             "labels": pad([[-100] * len(i) + t for i, t in zip(inputs, targets)], -100, left=True),  # (b, n + m)
         }
+
+    def forward_batch(self, inputs: Sequence[list[int]], targets: Sequence[list[int]]) -> dict[str, torch.Tensor]:
+        """[BOS; X; Y] in one sequence (BOS where the tokenizer uses one), labels on Y only."""
+        bos = [self.bos_id] if self.bos_id is not None else []
+        sequences = [bos + i + t for i, t in zip(inputs, targets)]
+        return {"input_ids": pad(sequences, self.tokenizer.pad_token_id, left=False),  # (b, n + m)
+                "attention_mask": pad([[1] * len(s) for s in sequences], 0, left=False),  # (b, n + m)
+                "labels": pad([[-100] * (len(bos) + len(i)) + t for i, t in zip(inputs, targets)], -100, left=False)}
+
+    def forward_nll(self, forward: Callable[..., Any], batch: dict[str, torch.Tensor], offset: int = 0
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = batch["labels"]
+        # Position t predicts token t + 1: only the columns before some label need the output layer.
+        predict = (labels[:, 1:] != -100).any(0).nonzero().squeeze(1)  # (k,)
+        logits = forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         logits_to_keep=predict + offset).logits  # (b, k, V)
+        return label_nll(logits, labels[:, 1:][:, predict])
 
     def _prefixed(self, prompts: Prompts) -> Prompts:
         """Each prompt with the BOS embedding in front, where the tokenizer uses one: (1 + p_k, e)."""

@@ -70,9 +70,5 @@ class PrefixCache:
         self._entries[id(weight)] = _Entry(weakref.ref(weight), weight._version, layers, nbytes)
         self.nbytes += nbytes
 
-    def clear(self) -> None:
-        self._entries.clear()
-        self.nbytes = 0
-
     def _drop(self, key: int) -> None:
         self.nbytes -= self._entries.pop(key).nbytes

@@ -7,7 +7,8 @@ the concatenation is computed per example.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from transformers import DynamicCache, EncoderDecoderCache
@@ -22,6 +23,7 @@ MAX_ENCODER_POSITIONS = 2048
 class EncoderDecoder(Backbone):
     kind = "encoder-decoder"
     padding_side = "right"
+    peft_task_type = "SEQ_2_SEQ_LM"
 
     @property
     def max_positions(self) -> int:
@@ -44,6 +46,15 @@ class EncoderDecoder(Backbone):
         if targets is not None:
             out["labels"] = pad(targets, -100, left=False)  # (b, m)
         return out
+
+    def forward_batch(self, inputs: Sequence[list[int]], targets: Sequence[list[int]]) -> dict[str, torch.Tensor]:
+        return self.collate(inputs, targets)  # inputs right-padded already, targets the decoder's labels
+
+    def forward_nll(self, forward: Callable[..., Any], batch: dict[str, torch.Tensor], offset: int = 0
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder's logits hold the targets alone: a wrapper's tokens (in the encoder) need no `offset`."""
+        logits = forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).logits
+        return label_nll(logits, batch["labels"])  # (b, m, V) against (b, m)
 
     def _encoder_inputs(self, prompts: Prompts, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         token_embeds = self.model.get_input_embeddings()(batch["input_ids"])  # (b, n, e)

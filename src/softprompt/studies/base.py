@@ -25,7 +25,7 @@ from .folder import StudyFolder
 from .plot import plot_rows
 from .runs import cached_output, finished_result, point_lock, run_summary
 from .summary import Row, markdown_table, summarise
-from .verdicts import Finding, Verdict
+from .verdicts import Verdict
 
 
 @dataclass
@@ -130,7 +130,6 @@ class Study:
     """The defaults and hooks one study module fills in."""
 
     name: ClassVar[str]
-    finding: ClassVar[Finding]
     default_task: ClassVar[str] = "sst2"
     default_models: ClassVar[tuple[str, ...]] = (T5_NANO_LM_ADAPTED,)
     quick_budget: ClassVar[Budget] = QUICK_BUDGET

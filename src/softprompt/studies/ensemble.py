@@ -26,7 +26,7 @@ from .config import QUICK_BUDGET
 from .runs import correct_string
 from .stats import CONTRADICTED, INCONCLUSIVE, SUPPORTED, holm, mcnemar, minimum_detectable_effect, t_interval
 from .summary import Row
-from .verdicts import FINDINGS, Verdict, not_testable, run_learned
+from .verdicts import Verdict, not_testable, run_learned
 
 BEATS_BEST = "majority vote > the best single prompt (chosen on the held-out selection split)"
 BEATS_MEAN = "majority vote > the average single prompt"
@@ -39,7 +39,6 @@ class EnsembleStudy(Study):
     """Trains N prompts with different seeds, then one point scores them together."""
 
     name = "ensemble"
-    finding = FINDINGS["ensemble"]
     default_seeds = 5  # the paper's five prompts
     quick_budget = replace(QUICK_BUDGET, steps=800, eval_every=400)  # 5 runs at p = 100 (about 0.29 s a step): about 20 minutes
 

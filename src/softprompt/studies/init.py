@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..config import PromptConfig
 from .base import Context, Point, Study, model_keys
-from .verdicts import FINDINGS, Claim, Verdict, judged, one_size
+from .verdicts import Claim, Verdict, judged, one_size
 
 INITS = ("random-uniform", "sampled-vocab", "class-label")  # worst to best, as the paper finds
 CLAIMS = [Claim("class label > sampled vocab", "class-label", "sampled-vocab"),
@@ -16,7 +16,6 @@ class InitStudy(Study):
     """The three initialisations at the paper's default length p = 100."""
 
     name = "init"
-    finding = FINDINGS["init"]
 
     def points(self, ctx: Context) -> list[Point]:
         keys, points = model_keys(ctx.models), []

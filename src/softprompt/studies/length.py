@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..config import PromptConfig
 from .base import Context, Point, Study, model_keys
-from .verdicts import EQUAL, FINDINGS, Claim, Verdict, judged, one_size
+from .verdicts import EQUAL, Claim, Verdict, judged, one_size
 
 LENGTHS = (1, 5, 20, 100, 150)
 MORE_THAN_ONE = "more than one token matters a lot (for all but the largest model)"
@@ -17,7 +17,6 @@ class LengthStudy(Study):
     """Class-label init (the paper's default) at each length; everything else the recipe's."""
 
     name = "length"
-    finding = FINDINGS["length"]
     x_label = "prompt length p (tokens)"
 
     def points(self, ctx: Context) -> list[Point]:

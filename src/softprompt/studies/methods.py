@@ -31,7 +31,7 @@ from .config import QUICK_BUDGET
 from .plot import plot_labelled_points
 from .summary import Row, by_setting, markdown_table, summarise
 from .transfer import MODEL_TUNING, MODEL_TUNING_LR, PROMPT_TUNING
-from .verdicts import CONTRADICTED, FINDINGS, SUPPORTED, Claim, Verdict, judged, not_testable
+from .verdicts import CONTRADICTED, SUPPORTED, Claim, Verdict, judged, not_testable
 
 SETTINGS = (PROMPT_TUNING, "prefix tuning", "P-tuning", "LoRA", "IA³", MODEL_TUNING)  # the table's order
 FIGURE_4 = ("prefix tuning", "P-tuning", MODEL_TUNING)  # of the methods run here, those the paper's Figure 4 shows
@@ -95,7 +95,6 @@ class PeakMemory:
 
 class MethodsStudy(Study):
     name = "methods"
-    finding = FINDINGS["methods"]
     # Measured on the packaged T5, SST-2, 2 shared cores (`--quick --seeds 1 --max-steps 40`): 139 s for all six methods,
     # of which 60 s in the training loops (one 200-example evaluation each) and the rest loading and tokenising; so
     # 300 steps with 2 evaluations x 6 methods x 3 seeds is an estimated 18 minutes.

@@ -51,7 +51,7 @@ from .config import QUICK_BUDGET
 from .plot import save_figure
 from .stats import CONTRADICTED, INCONCLUSIVE, SUPPORTED
 from .summary import Row, models_of, summarise
-from .verdicts import FINDINGS, NOT_TESTABLE, Claim, Verdict, arms_of, judged, not_testable, run_learned
+from .verdicts import NOT_TESTABLE, Claim, Verdict, arms_of, judged, not_testable, run_learned
 
 TOP_K, SHOWN_POSITIONS, MIN_LEARNED_SEEDS = 5, 8, 2
 TRAINED = "trained prompt"
@@ -73,7 +73,6 @@ REPORTED_CONTROLS = (INITIAL, UNIFORM)  # tested in the same Holm family and sho
 
 class NeighborsStudy(Study):
     name = "neighbors"
-    finding = FINDINGS["neighbors"]
     # 2 runs (class-label, random-uniform) x 3 seeds at p = 100: about 30 minutes on the 2-core reference machine.
     quick_budget = replace(QUICK_BUDGET, steps=1000, eval_every=500)
 

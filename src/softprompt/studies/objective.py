@@ -26,7 +26,7 @@ from .base import Context, Point, Study, training_record
 from .config import QUICK_BUDGET, StudyConfig
 from .plot import plot_rows
 from .summary import Row, markdown_table, summarise
-from .verdicts import EQUAL, FINDINGS, Claim, Verdict, judged, one_size
+from .verdicts import EQUAL, Claim, Verdict, judged, one_size
 
 SPAN, SENTINEL, LM = "span corruption", "span corruption + sentinel", "LM adaptation"
 STEPS_AXIS = "LM-adaptation steps"
@@ -52,7 +52,6 @@ def lm_series(run: str) -> list[tuple[int, str]]:
 
 class ObjectiveStudy(Study):
     name = "objective"
-    finding = FINDINGS["objective"]
     quick_budget = replace(QUICK_BUDGET, steps=300, eval_every=150)  # 9 runs at p = 100, each evaluation also generating
     default_models = (T5_NANO_SPAN_CORRUPTION, T5_NANO_LM_ADAPTED)
 

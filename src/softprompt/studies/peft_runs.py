@@ -5,9 +5,10 @@ model, so the injected model stays behind softprompt's own adapter wearing an em
 the loss, the batches and rank classification are softprompt's (`PromptedModel`, `softprompt.data`,
 `softprompt.evaluate`). Prefix tuning and P-tuning change the forward pass itself (keys and values
 per layer, a prompt encoder), so they run through PeftModel: `peft_nll` takes each example's target
-NLL from its logits and `peft_rank_scores` ranks candidates by their summed log-probability. Both
-pad on the right, so the virtual tokens sit directly before the real ones without position ids
-(which PEFT drops for P-tuning); a decoder-only tokenizer's BOS follows the virtual tokens.
+NLL from its logits and `peft_rank_scores` ranks candidates by their summed log-probability, on batches
+the backbone adapter lays out for its kind (`forward_batch`, `forward_nll`). Both pad on the right, so
+the virtual tokens sit directly before the real ones without position ids (which PEFT drops for
+P-tuning); a decoder-only tokenizer's BOS follows the virtual tokens.
 
 Every PEFT method trains with AdamW at a constant rate, as PEFT's examples do. There is no mid-run
 checkpoint: an interrupted point trains again from step 0 (finished points are skipped).
@@ -29,8 +30,7 @@ from peft.utils.constants import (
     TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING,
 )
 
-from ..backbones import Backbone, BackboneSpec, label_nll, load_backbone
-from ..backbones.base import pad
+from ..backbones import Backbone, BackboneSpec, load_backbone
 from ..config import PromptConfig, TrainConfig
 from ..data import BatchStream, Features, collate, encode_all
 from ..device import to_device
@@ -54,7 +54,7 @@ class Method:
     prompt_learning: bool  # runs through PeftModel's own forward (virtual tokens), not softprompt's adapter
 
     def peft_config(self, backbone: Backbone, virtual_tokens: int):
-        task_type = TaskType.SEQ_2_SEQ_LM if backbone.kind == "encoder-decoder" else TaskType.CAUSAL_LM
+        task_type = TaskType(backbone.peft_task_type)
         if self.key == "prefix":
             return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=virtual_tokens)
         if self.key == "ptuning":
@@ -118,32 +118,12 @@ def stored_parameters(peft_model: PeftModel) -> int:
     return tuned_parameters(peft_model)
 
 
-# ---- PeftModel's own forward: batches, per-example NLL, rank scores ------------------------------
-def pair_batch(backbone: Backbone, inputs: Sequence[list[int]], targets: Sequence[list[int]]) -> dict[str, torch.Tensor]:
-    """Right-padded tensors: encoder-decoder inputs and labels apart; decoder-only [BOS; X; Y] with labels on Y only."""
-    if backbone.kind == "encoder-decoder":
-        return {"input_ids": pad(inputs, backbone.tokenizer.pad_token_id, left=False),
-                "attention_mask": pad([[1] * len(i) for i in inputs], 0, left=False), "labels": pad(targets, -100, left=False)}
-    bos = [backbone.bos_id] if backbone.bos_id is not None else []
-    sequences = [bos + i + t for i, t in zip(inputs, targets)]
-    return {"input_ids": pad(sequences, backbone.tokenizer.pad_token_id, left=False),
-            "attention_mask": pad([[1] * len(s) for s in sequences], 0, left=False),
-            "labels": pad([[-100] * (len(bos) + len(i)) + t for i, t in zip(inputs, targets)], -100, left=False)}
-
-
-def peft_nll(peft_model: PeftModel, kind: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-example target NLL sums and token counts, (b,) each, through PeftModel's forward."""
-    labels = batch["labels"]
-    if kind == "encoder-decoder":
-        logits = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).logits
-        return label_nll(logits, labels)  # (b, m, V) against (b, m)
-    # Position t predicts token t + 1: only the columns before some label need the output layer.
-    predict = (labels[:, 1:] != -100).any(0).nonzero().squeeze(1)  # (k,)
+# ---- PeftModel's own forward (batches laid out by the adapter): per-example NLL, rank scores ----------------------
+def peft_nll(peft_model: PeftModel, backbone: Backbone, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example target NLL sums and token counts, (b,) each, of a `backbone.forward_batch` through PeftModel's forward."""
     config = peft_model.active_peft_config
     shift = config.num_virtual_tokens if config.peft_type.value != "PREFIX_TUNING" else 0  # P-tuning's tokens come first
-    logits = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                        logits_to_keep=predict + shift).logits  # (b, k, V)
-    return label_nll(logits, labels[:, 1:][:, predict])
+    return backbone.forward_nll(peft_model, batch, shift)
 
 
 @torch.no_grad()
@@ -155,8 +135,8 @@ def peft_rank_scores(peft_model: PeftModel, backbone: Backbone, inputs: Sequence
     scores = [[0.0] * len(options) for options in candidates]
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
-        batch = to_device(pair_batch(backbone, [inputs[i] for i, _, _ in chunk], [c for _, _, c in chunk]), backbone.device)
-        nll, _ = peft_nll(peft_model, backbone.kind, batch)
+        batch = to_device(backbone.forward_batch([inputs[i] for i, _, _ in chunk], [c for _, _, c in chunk]), backbone.device)
+        nll, _ = peft_nll(peft_model, backbone, batch)
         for (i, j, _), value in zip(chunk, (-nll).tolist()):
             scores[i][j] = value
     return scores
@@ -208,8 +188,8 @@ def train_peft(run: PeftRun, dev_examples: list[Example]) -> dict[str, Any]:
     def loss_of(batch_features: list[Features]) -> torch.Tensor:
         if not run.method.prompt_learning:
             return prompted(to_device(collate(backbone, batch_features), backbone.device))
-        batch = pair_batch(backbone, [f.input_ids for f in batch_features], [f.target_ids for f in batch_features])
-        nll, count = peft_nll(peft_model, backbone.kind, to_device(batch, backbone.device))
+        batch = backbone.forward_batch([f.input_ids for f in batch_features], [f.target_ids for f in batch_features])
+        nll, count = peft_nll(peft_model, backbone, to_device(batch, backbone.device))
         return nll.sum() / count.sum().clamp(min=1)
 
     def dev_metrics() -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""The registry of studies: name -> study; the one place an unknown or unbuilt study is refused."""
+"""The registry of studies: name -> study; the one place an unknown study is refused."""
 
 from __future__ import annotations
 
@@ -14,13 +14,10 @@ from .scale import ScaleStudy
 from .transfer import TransferStudy
 
 STUDIES: dict[str, Study] = {study.name: study for study in (LengthStudy(), InitStudy(), EnsembleStudy(), NeighborsStudy(), TransferStudy(), ObjectiveStudy(), ScaleStudy(), MethodsStudy())}
-# Named by the paper (and issue 17) but not built yet: refused with a message that says so.
-UNBUILT: tuple[str, ...] = ()
 
 
 def get_study(name: str) -> Study:
     """The study called `name`; raises SoftpromptError listing the available ones."""
     if name not in STUDIES:
-        planned = f" ({name!r} is planned but not built yet)" if name in UNBUILT else ""
-        raise SoftpromptError(f"unknown study {name!r}{planned}; available studies: {', '.join(STUDIES)}")
+        raise SoftpromptError(f"unknown study {name!r}; available studies: {', '.join(STUDIES)}")
     return STUDIES[name]

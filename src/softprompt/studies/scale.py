@@ -21,7 +21,7 @@ from .base import Context, Point, Study, model_keys
 from .config import QUICK_BUDGET
 from .stats import Arm
 from .transfer import MODEL_TUNING, MODEL_TUNING_LR, PROMPT_TUNING
-from .verdicts import FINDINGS, Claim, Verdict, judged, not_testable
+from .verdicts import Claim, Verdict, judged, not_testable
 
 FEW_SHOT = 4  # examples in context for few-shot prompt design
 DEMO_POOL = 1000  # demonstrations are drawn from the first N training examples
@@ -41,7 +41,6 @@ def design_text(task: Task, train: list[Example], shots: int, seed: int) -> str:
 
 class ScaleStudy(Study):
     name = "scale"
-    finding = FINDINGS["scale"]
     quick_budget = replace(QUICK_BUDGET, steps=300, eval_every=150)  # per size: 6 training runs and 6 prompt-design evaluations
 
     def check(self, ctx: Context) -> None:

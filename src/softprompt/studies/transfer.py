@@ -25,7 +25,7 @@ from ..tasks.qa import MRQA_SETS
 from .base import Context, Point, Study, majority_score, model_keys, training_record
 from .config import QUICK_BUDGET
 from .summary import Row, markdown_table, summarise
-from .verdicts import FINDINGS, Claim, Verdict, judged, not_testable, run_learned
+from .verdicts import Claim, Verdict, judged, not_testable, run_learned
 
 PROMPT_TUNING, MODEL_TUNING = "prompt tuning", "model tuning"
 MODEL_TUNING_LR = 1e-3  # T5 fine-tuning's rate; the paper's model-tuning baseline
@@ -55,7 +55,6 @@ def present(task: Task, data_dir: str | None) -> bool:
 
 class TransferStudy(Study):
     name = "transfer"
-    finding = FINDINGS["transfer"]
     quick_budget = replace(QUICK_BUDGET, steps=300, eval_every=150)  # 6 runs on RTE's longer inputs, 3 of them tuning every weight
     default_task = "rte"
 

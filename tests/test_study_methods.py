@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PrefixTuningConfig, PromptEncoderConfig, TaskType, get_peft_model
+from safetensors.torch import load_file
 
 from conftest import tiny_backbone
 from softprompt.backbones import adapter_for
@@ -197,3 +198,26 @@ def test_peak_memory_of_a_second_point_is_not_hidden_by_the_first():
             "print(point(), point())")
     first, second = map(float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
     assert first >= 240 and second >= 240, (first, second)
+
+
+@pytest.mark.parametrize("key", ["lora", "ptuning"])
+def test_a_peft_point_resumes_from_its_checkpoint_on_the_one_trainer(key, t5_dir, data_dir, tmp_path):
+    """Stopped after 2 steps and continued to 4 (steps may grow on resume), a point ends as one trained straight to 4."""
+    from softprompt.studies.peft_runs import ADAPTER_DIR, PEFT_METHODS, PeftRun, train_peft
+    from softprompt.tasks import load_task
+
+    method = next(m for m in PEFT_METHODS if m.key == key)
+    dev = load_task("rte").load("validation", data_dir)[:6]
+
+    def point(output: Path, steps: int) -> dict:
+        return train_peft(PeftRun(method, str(t5_dir), "rte", output, steps, 4, 2, 0, 4, device="cpu", data_dir=str(data_dir)), dev)
+
+    straight = point(tmp_path / "a", 4)
+    point(tmp_path / "b", 2)
+    (tmp_path / "b" / "result.json").unlink()  # as if the point had been stopped at its step-2 checkpoint
+    resumed = point(tmp_path / "b", 4)
+    assert resumed["best_step"] == straight["best_step"] and resumed["metrics"] == straight["metrics"]
+    losses = [[json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in "ab"]
+    assert [r.get("loss") for r in losses[0]] == [r.get("loss") for r in losses[1]]
+    a, b = (load_file(str(tmp_path / d / ADAPTER_DIR / "adapter_model.safetensors")) for d in "ab")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

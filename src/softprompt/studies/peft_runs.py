@@ -10,8 +10,8 @@ the backbone adapter lays out for its kind (`forward_batch`, `forward_nll`). Bot
 the virtual tokens sit directly before the real ones without position ids (which PEFT drops for
 P-tuning); a decoder-only tokenizer's BOS follows the virtual tokens.
 
-Every PEFT method trains with AdamW at a constant rate, as PEFT's examples do. There is no mid-run
-checkpoint: an interrupted point trains again from step 0 (finished points are skipped).
+Every PEFT method trains with AdamW at a constant rate, as PEFT's examples do. A PEFT point trains on the one trainer (`softprompt.trainer`), as prompt and model tuning do: the same
+step, loss over the batch's target tokens, checkpoint every evaluation and exact resume.
 """
 
 from __future__ import annotations
@@ -34,14 +34,15 @@ from ..backbones import Backbone, BackboneSpec, load_backbone
 from ..config import PromptConfig, TrainConfig
 from ..data import BatchStream, Features, collate, encode_all
 from ..device import to_device
+from ..distributed import SINGLE
 from ..errors import SoftpromptError
 from ..evaluate import best_candidate, evaluate
-from ..files import write_json_atomic
 from ..model import PromptedModel, prompt_metadata
-from ..run import seed_everything
+from ..run import RESULT_FILE, RunDir, Stopper, seed_everything
 from ..tasks import Example, Task, load_task, require_examples, resolve_data_dir
+from ..trainer import Trainer
 
-RESULT_FILE, ADAPTER_DIR = "result.json", "adapter"
+ADAPTER_DIR, CHECKPOINT_FILE = "adapter", "checkpoint.pt"
 
 
 @dataclass(frozen=True)
@@ -169,10 +170,66 @@ def build(run: PeftRun, task: Task) -> tuple[Backbone, PeftModel, PromptedModel]
     return backbone, peft_model, prompted
 
 
+class PeftLoop:
+    """The trainer's `Objective` for one PEFT point: PeftModel's loss, dev metrics, the adapter kept at the best step."""
+
+    def __init__(self, run: PeftRun, task: Task, backbone: Backbone, peft_model: PeftModel, prompted: PromptedModel,
+                 dev: list[Features], dev_examples: list[Example]):
+        self.run, self.task, self.backbone, self.peft_model, self.prompted = run, task, backbone, peft_model, prompted
+        self.dev, self.dev_examples = dev, dev_examples
+        self.state: dict[str, Any] = {"best": {}, "best_step": -1, "evaluated_at": -1, "seconds": 0.0}
+        self.started = time.perf_counter()
+
+    def nll(self, items: list[Features]) -> torch.Tensor:
+        backbone = self.backbone
+        if not self.run.method.prompt_learning:
+            return self.prompted(to_device(collate(backbone, items), backbone.device), reduction="sum")
+        batch = backbone.forward_batch([f.input_ids for f in items], [f.target_ids for f in items])
+        nll, _ = peft_nll(self.peft_model, backbone, to_device(batch, backbone.device))
+        return nll.sum()
+
+    def tokens(self, items: list[Features]) -> int:
+        return sum(len(f.target_ids) for f in items)
+
+    def after_step(self, step: int) -> None:
+        pass
+
+    def evaluate(self, step: int) -> None:
+        run, peft_model = self.run, self.peft_model
+        peft_model.eval()
+        if run.method.prompt_learning:
+            metrics = peft_evaluate(peft_model, self.backbone, self.task, self.dev, self.dev_examples, run.max_target_length,
+                                    run.eval_batch_size)
+        else:
+            metrics = evaluate(self.prompted, self.task, self.dev_examples, self.task.name, "rank", run.eval_batch_size)
+        peft_model.train()
+        self.state["evaluated_at"] = step
+        best = self.state["best"]
+        if not best or next(iter(metrics.values())) > next(iter(best.values())):
+            self.state.update(best=metrics, best_step=step)
+            peft_model.save_pretrained(run.output / ADAPTER_DIR)
+
+    def seconds(self) -> float:
+        """Training seconds over every call that trained this point (a resumed point adds to its first call's)."""
+        return self.state["seconds"] + time.perf_counter() - self.started
+
+    def state_dict(self) -> dict[str, Any]:
+        trainable = {k: v.detach().cpu() for k, v in self.peft_model.named_parameters() if v.requires_grad}
+        return {"trainable": trainable, **self.state, "seconds": self.seconds()}
+
+    def load_state(self, saved: dict[str, Any]) -> None:
+        self.peft_model.load_state_dict(saved["trainable"], strict=False)
+        self.state.update({k: saved[k] for k in self.state})
+        self.started = time.perf_counter()
+
+
 def train_peft(run: PeftRun, dev_examples: list[Example]) -> dict[str, Any]:
-    """Train one PEFT point (or read its finished result) and return its record's metrics."""
+    """Train one PEFT point on the one trainer (resuming it from its checkpoint), or read its finished result."""
     if (run.output / RESULT_FILE).is_file():
         return json.loads((run.output / RESULT_FILE).read_text(encoding="utf-8"))
+    folder = RunDir(run.output, {**run.describe(), "model": run.model, "task": run.task}, {"output", "steps"}, resume=True,
+                    markers=(CHECKPOINT_FILE,), checkpoint_name=CHECKPOINT_FILE)
+    folder.check()
     task = load_task(run.task)
     data_dir = resolve_data_dir(run.data_dir)
     train_examples = require_examples(task, "train", data_dir, task.load("train", data_dir))
@@ -183,45 +240,21 @@ def train_peft(run: PeftRun, dev_examples: list[Example]) -> dict[str, Any]:
     dev = encode_all(backbone, task.name, record, dev_examples, f"{task.name} validation", with_target=False)
     stream = BatchStream(features, run.batch_size, run.seed, group_by_length=True)
     params = [p for p in peft_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=run.method.lr)
-
-    def loss_of(batch_features: list[Features]) -> torch.Tensor:
-        if not run.method.prompt_learning:
-            return prompted(to_device(collate(backbone, batch_features), backbone.device))
-        batch = backbone.forward_batch([f.input_ids for f in batch_features], [f.target_ids for f in batch_features])
-        nll, count = peft_nll(peft_model, backbone, to_device(batch, backbone.device))
-        return nll.sum() / count.sum().clamp(min=1)
-
-    def dev_metrics() -> dict[str, float]:
-        peft_model.eval()
-        if run.method.prompt_learning:
-            metrics = peft_evaluate(peft_model, backbone, task, dev, dev_examples, run.max_target_length, run.eval_batch_size)
-        else:
-            metrics = evaluate(prompted, task, dev_examples, task.name, "rank", run.eval_batch_size)
-        peft_model.train()
-        return metrics
-
-    best: dict[str, float] = {}
-    best_step, started = -1, time.perf_counter()
+    trainer = Trainer(folder, SINGLE, stream, torch.optim.AdamW(params, lr=run.method.lr), params, device=backbone.device)
+    loop = PeftLoop(run, task, backbone, peft_model, prompted, dev, dev_examples)
     peft_model.train()
-    for step in range(1, run.steps + 1):
-        loss = loss_of(stream.next())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % run.eval_every == 0 or step == run.steps:
-            metrics = dev_metrics()
-            if not best or next(iter(metrics.values())) > next(iter(best.values())):
-                best, best_step = metrics, step
-                peft_model.save_pretrained(run.output / ADAPTER_DIR)
-    if not best:  # zero steps: the untrained method
-        best, best_step = dev_metrics(), 0
-    seconds = time.perf_counter() - started
+    trainer.start(loop)
+    stopper = Stopper(run.steps, None, trainer.step_count, run.method.key, progress=False)
+    trainer.fit(loop, stopper, log_every=min(10, run.eval_every), eval_every=run.eval_every, checkpoint_every=run.eval_every)
+    stopper.close()
+    if loop.state["evaluated_at"] != trainer.step_count:  # the last step (or, with zero steps, the untrained method)
+        loop.evaluate(trainer.step_count)
+    best = loop.state["best"]
     metric, score = next(iter(best.items()))
-    result = {"metric": metric, "score": score, "metrics": best, "steps": run.steps, "best_step": best_step,
-              "seconds": round(seconds, 1), "parameters": sum(p.numel() for p in backbone.model.parameters() if not p.requires_grad),
+    result = {"metric": metric, "score": score, "metrics": best, "steps": run.steps, "best_step": loop.state["best_step"],
+              "seconds": round(loop.seconds(), 1),
+              "parameters": sum(p.numel() for p in backbone.model.parameters() if not p.requires_grad),
               "tuned_parameters": tuned_parameters(peft_model), "stored_parameters": stored_parameters(peft_model),
               "peft": run.describe(), "peft_config": json.loads(json.dumps(peft_model.active_peft_config.to_dict(), default=_plain))}
-    run.output.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run.output / RESULT_FILE, result)
+    folder.write_result(result)
     return result

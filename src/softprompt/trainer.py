@@ -70,14 +70,18 @@ def seed_rank(seed: int, rank: int) -> None:
 
 
 class Trainer:
-    """Runs the optimizer steps of one run. `module` is the model as the loop calls it (DDP-wrapped under model tuning)."""
+    """Runs the optimizer steps of one run.
 
-    def __init__(self, run: RunDir, world: dist.World, stream: Stream, optimizer: torch.optim.Optimizer,
+    `run` and `stream` may be None for a loop that hands each batch to `step` and keeps its own folder
+    (pretraining, for now): then only `step` is used.
+    """
+
+    def __init__(self, run: RunDir | None, world: dist.World, stream: Stream | None, optimizer: torch.optim.Optimizer,
                  params: list[torch.nn.Parameter], *, micro_batch_size: int | None = None,
-                 grad_clip: float | None = None, device: torch.device | str = "cpu"):
+                 grad_clip: float | None = None, device: torch.device | str = "cpu", scaler: torch.amp.GradScaler | None = None):
         self.run, self.world, self.stream = run, world, stream
         self.optimizer, self.params = optimizer, params
-        self.micro_batch_size, self.grad_clip, self.device = micro_batch_size, grad_clip, device
+        self.micro_batch_size, self.grad_clip, self.device, self.scaler = micro_batch_size, grad_clip, device, scaler
         self.ddp_module: DistributedDataParallel | None = None
         self.step_count = 0
 
@@ -125,9 +129,12 @@ class Trainer:
         })
 
     # ---- one step ---------------------------------------------------------------------------------
-    def step(self, objective: Objective) -> float:
-        """One optimizer step on the next global batch; returns its loss (the same on every rank)."""
-        items = self.stream.next()
+    def step(self, objective: Objective, items: Sequence[Any] | None = None) -> torch.Tensor:
+        """One optimizer step on `items` (default: the stream's next global batch); returns its loss, the same on every rank.
+
+        The loss stays a tensor on the device, so a loop that logs every N steps does not wait for the device each step.
+        """
+        items = self.stream.next() if items is None else items
         total = max(objective.tokens(items), 1)
         mine, weight = dist.shard(items, self.world), 1.0
         if not mine:  # fewer examples than ranks: compute one, count none, so the reduction still meets
@@ -141,24 +148,31 @@ class Trainer:
             last = i == len(chunks) - 1
             with self.ddp_module.no_sync() if self.ddp_module is not None and not last else nullcontext():
                 nll = objective.nll(chunk)
-                (nll * weight * scale / total).backward()
+                loss = nll * weight * scale / total
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             nll_sum += nll.detach() * weight
         if self.ddp_module is None:
             dist.sum_gradients(self.params)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # fp16: clip and step on the true gradients
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step_count += 1
         objective.after_step(self.step_count)
-        return float(dist.all_sum(nll_sum) / total)
+        return dist.all_sum(nll_sum) / total
 
     # ---- the run ----------------------------------------------------------------------------------
     def fit(self, objective: Objective, stopper: Stopper, log_every: int, eval_every: int, checkpoint_every: int,
             postfix: Any = None) -> None:
         """Steps until the ranks agree to stop; logs, evaluates and checkpoints on their schedules."""
         while not dist.any_rank(stopper.should_stop(self.step_count), self.device):
-            loss = self.step(objective)
+            loss = float(self.step(objective))
             step = self.step_count
             if step % log_every == 0:
                 self.run.log({"step": step, "loss": round(loss, 5), "seconds": round(stopper.elapsed(), 2)})

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 import numpy as np
+import torch
 
 from ..errors import SoftpromptError
 from .objectives import Batch
@@ -62,6 +63,17 @@ def step_rng(seed: int, step: int) -> np.random.Generator:
 
 def make_batch(sampler: WindowSampler, objective: Objective, step: int) -> Batch:
     return objective(sampler.windows(step), step_rng(sampler.seed, step))
+
+
+def rows(batch: Batch) -> list[Batch]:
+    """A batch as its rows, each (1, ...): what the trainer shards over ranks and micro-batches."""
+    size = next(iter(batch.values())).shape[0]
+    return [{k: v[i : i + 1] for k, v in batch.items()} for i in range(size)]
+
+
+def stack(items: list[Batch]) -> Batch:
+    """Rows back into one batch, (n, ...) per key."""
+    return {k: torch.cat([row[k] for row in items]) for k in items[0]}
 
 
 def eval_batches(tokens: np.ndarray, objective: Objective, window_length: int, batch_size: int,

@@ -20,13 +20,16 @@ import torch
 import transformers
 from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
+from ..backbones.base import label_nll
 from ..device import autocast, enable_tf32, pick_device, to_device, torch_dtype
+from ..distributed import SINGLE
 from ..errors import SoftpromptError
 from ..files import append_jsonl, write_text_atomic
 from ..run import Stopper, config_differences, random_states, restore_random_states
+from ..trainer import Trainer
 from . import presets
 from . import tokenizer as tok_lib
-from .batches import WindowSampler, eval_batches, make_batch, prefetched
+from .batches import WindowSampler, eval_batches, make_batch, prefetched, rows, stack
 from .checkpoint import (
     LOG_FILE,
     STATE_FILE,
@@ -167,6 +170,10 @@ class _Trainer:
             restore_random_states(state["random"])
         self.forward = torch.compile(self.model) if c.compile else self.model
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        # The one trainer's step (loss over the batch's target tokens, backward, loss scaling, clipping); this
+        # loop keeps its own folder format (a Hugging Face checkpoint plus trainer_state.pt) and schedule.
+        self.trainer = Trainer(None, SINGLE, None, self.optimizer, self.params, grad_clip=c.grad_clip, device=run.device,
+                               scaler=self.scaler)
         self.loss_sum, self.loss_count = torch.zeros((), device=run.device), 0
         self.window_tokens = 0  # tokens of this call's batches, for the speed
 
@@ -189,8 +196,23 @@ class _Trainer:
         return {"step": run.step, **evaluate(self.model, self.val_batches, run.device, run.precision)}
 
     def make(self, step: int) -> Batch:
-        batch = make_batch(self.sampler, self.objective, step)
-        return {k: v.pin_memory() for k, v in batch.items()} if self.run.device.type == "cuda" else batch
+        return make_batch(self.sampler, self.objective, step)
+
+    # ---- the trainer's Objective: a batch's summed NLL and its target tokens; the schedule after each step ----
+    def nll(self, items: list[Batch]) -> torch.Tensor:
+        run = self.run
+        batch = to_device(stack(items), run.device)
+        labels = batch["labels"]
+        with autocast(run.precision, run.device):
+            logits = self.forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                  decoder_input_ids=self.model.prepare_decoder_input_ids_from_labels(labels=labels)).logits
+        return label_nll(logits, labels)[0].sum()  # (b, m, V) against (b, m) -> summed over every target token
+
+    def tokens(self, items: list[Batch]) -> int:
+        return sum(int((row["labels"] != -100).sum()) for row in items)
+
+    def after_step(self, step: int) -> None:
+        self.schedule.step()
 
     def step(self, batch: Batch) -> None:
         """One optimizer step on `batch` (on the CPU still); counts its tokens and adds its loss to the running mean."""
@@ -198,17 +220,7 @@ class _Trainer:
         inputs, targets = int(batch["attention_mask"].sum()), int((batch["labels"] != -100).sum())
         run.input_tokens, run.target_tokens = run.input_tokens + inputs, run.target_tokens + targets
         self.window_tokens += inputs + targets
-        batch = to_device(batch, run.device)
-        with autocast(run.precision, run.device):
-            loss = self.forward(**batch).loss
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.params, run.config.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.schedule.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.loss_sum += loss.detach()
+        self.loss_sum += self.trainer.step(self, rows(batch))
         self.loss_count += 1
 
     def mean_loss(self) -> float:

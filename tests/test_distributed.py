@@ -218,3 +218,26 @@ def test_gradient_checkpointing_trains_the_same_prompt(kind_dir, request, data_d
     results = [in_process(model, data_dir, tmp_path / str(c), gradient_checkpointing=c) for c in (False, True)]
     assert_same_run(*results, prompt_atol=1e-5)  # two identical runs on this CPU differ by ~3e-6 already (thread scheduling)
 
+
+
+@multiprocess
+@pytest.mark.parametrize("kind_dir", ["t5_dir", "gpt2_dir"])
+def test_a_backbone_sharded_over_two_processes_takes_the_single_process_steps(kind_dir, request, data_dir, tmp_path):
+    """FSDP2 shards the frozen blocks; the prompt splice reads the whole embedding; each rank scores every example."""
+    model = request.getfixturevalue(kind_dir)
+    one, sharded = tmp_path / "one", tmp_path / "sharded"
+    run(1, common(model, data_dir, one), tmp_path, "one")
+    run(2, common(model, data_dir, sharded, "--shard-backbone"), tmp_path, "sharded")
+    assert_same_run(one, sharded)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--tune", "model"), "model tuning on a sharded backbone"),
+    (("--eval-method", "generate"), "generation on a sharded backbone is not built"),
+])
+def test_what_a_sharded_backbone_cannot_run_is_refused_in_one_line(extra, message, gpt2_dir, data_dir, tmp_path):
+    log = tmp_path / "log"
+    process = launch(1, common(gpt2_dir, data_dir, tmp_path / "out", "--shard-backbone", *extra), log)
+    assert process.wait(timeout=300) == 2
+    text = log.read_text()
+    assert message in text and "Traceback" not in text and not (tmp_path / "out").exists()

@@ -73,7 +73,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     try:
         result = train(train_config(args), resume=args.resume, progress=not args.quiet)
     except RuntimeError as err:  # a collective that failed: a peer died, or timed out
-        if not distributed.active():
+        if not (distributed.active() and distributed.is_peer_failure(err)):
             raise
         raise SoftpromptError(distributed.peer_failure(err)) from None
     finally:

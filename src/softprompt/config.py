@@ -148,6 +148,8 @@ class TrainConfig:
                                            "examples (gradient accumulation): the same step in less memory")
     gradient_checkpointing: bool = setting(False, "recompute the frozen backbone's activations in the backward pass: "
                                            "less memory, about a third more time")
+    shard_backbone: bool = setting(False, "several processes: shard the frozen backbone's blocks over them (FSDP2), for "
+                                   "backbones larger than one device; prompt tuning with rank classification")
     deterministic: bool = setting(False, "deterministic algorithms and one intra-op thread, so two runs (and a killed "
                                   "and resumed run) end bit-identical; slower")
     ema_decay: float | None = setting(None, "not in the paper: evaluate and keep a moving average of the trained weights, e.g. 0.99")

@@ -106,6 +106,14 @@ def _rank_device(name: str, world: World) -> str:
     return name
 
 
+PEER_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Timed out", "timed out", "NCCL error", "Broken pipe")
+
+
+def is_peer_failure(err: BaseException) -> bool:
+    """A collective that failed because another rank died or stalled (not a bug of this rank's own computation)."""
+    return isinstance(err, dist.DistError) or any(sign in str(err) for sign in PEER_SIGNS)
+
+
 def peer_failure(err: BaseException) -> str:
     """One line for a collective that failed: which rank saw it, and the backend's first line."""
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -36,6 +36,7 @@ from .model import TUNED_BACKBONE_DIR, PromptedModel, build_model
 from .optim import WeightAverage, learning_rate, make_optimizer, trainable_parameters
 from .prompt_io import WEIGHTS_NAME, load_prompt, save_prompt
 from .run import RunDir, Stopper, seed_everything
+from .sharding import check_shardable, shard_blocks
 from .tasks import hold_out, load_task, require_examples, resolve_data_dir
 from .trainer import Trainer, seed_rank
 
@@ -44,7 +45,7 @@ CHECKPOINT_FILE, PREDICTIONS_FILE = "checkpoint.pt", "dev_predictions.json"
 # the data folder may move (another clone, another machine's mount of a shared filesystem): the run is the same.
 # How the work is laid out (micro-batches, recomputed activations, determinism) changes rounding, not the run.
 RESUMABLE_FIELDS = {"max_steps", "max_minutes", "eval_batch_size", "log_every", "device", "compile", "output", "data_dir",
-                    "micro_batch_size", "gradient_checkpointing", "deterministic"}
+                    "micro_batch_size", "gradient_checkpointing", "deterministic", "shard_backbone"}
 
 
 @dataclass
@@ -89,10 +90,15 @@ class Loop:
             train_examples, self.select_examples = hold_out(train_examples, config.select_examples, self.task.describe("train", data_dir))
         self.train_examples = train_examples[: config.train_examples]
         self.dev_examples = require_examples(self.task, "validation", data_dir, load("validation", data_dir)[: config.eval_examples])
+        if config.shard_backbone:
+            selection = self.select_examples or []
+            check_shardable(config.tune, config.eval_method, all(e.candidates for e in [*self.dev_examples, *selection]))
         seed_everything(config.seed)
-        self.model, self.note = build_model(config, self.task)
+        self.model, self.note = build_model(config, self.task)  # the checks that read the whole embedding run here, unsharded
         if config.gradient_checkpointing:
             enable_gradient_checkpointing(self.model)
+        if config.shard_backbone and shard_blocks(self.model.backbone, world, self.model.device):
+            self.model.adapter.blocks_sharded = True
         self.name = self.task.name
         features = encode_all(self.model.adapter, self.name, self.model.bank[self.name], self.train_examples, f"{self.name} train")
         self.stream = BatchStream(features, config.batch_size, config.seed, config.group_by_length)
@@ -149,8 +155,10 @@ class Loop:
         """The task's metrics on `examples` for the weights as they are now (each rank scores a share)."""
         self.model.eval()
         with autocast(self.config.precision, self.model.device):
+            # a sharded backbone runs the same forwards on every rank, so each scores every example
+            world = SINGLE if self.config.shard_backbone else self.world
             metrics = evaluate(self.model, self.task, examples, self.name, self.config.eval_method, self.config.eval_batch_size,
-                               outputs=outputs, world=self.world)
+                               outputs=outputs, world=world)
         self.model.train()
         return metrics
 

@@ -30,11 +30,14 @@ class SharedPrefixDecoderOnly(DecoderOnly):
     concatenated path runs instead.
     """
 
+    blocks_sharded = False  # set once the blocks are sharded over ranks (FSDP2): each block then runs once per step
+
     def _nothing_to_share(self, prompts: Prompts) -> bool:
-        """True where the concatenated path must run: no prompt rows, or a training forward under gradient
-        checkpointing (Hugging Face turns the key/value cache off when it recomputes activations)."""
+        """True where the concatenated path must run: no prompt rows, a training forward under gradient checkpointing
+        (Hugging Face turns the key/value cache off when it recomputes activations), or sharded blocks (FSDP2
+        frees a block's gathered weights after its forward, which the prompt pass and the input pass both need)."""
         recomputing = self.model.training and torch.is_grad_enabled() and getattr(self.model, "is_gradient_checkpointing", False)
-        return recomputing or (self.bos_id is None and all(w.shape[0] == 0 for w in prompts.weights))
+        return recomputing or self.blocks_sharded or (self.bos_id is None and all(w.shape[0] == 0 for w in prompts.weights))
 
     prefix_cache: PrefixCache | None = None  # set by enable_prefix_cache: prompt states kept between batches
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from measurement import source_of
 
 
 def free_port() -> int:
@@ -113,14 +114,7 @@ class ServerSource:
 
     def describe(self) -> dict[str, Any]:
         src = self.src or Path(__file__).resolve().parents[1] / "src"
-        git = ["git", "--no-optional-locks", "-C", str(src)]
-        try:
-            commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30).stdout.strip()
-            changed = subprocess.run([*git, "status", "--porcelain", "--", "."], capture_output=True, text=True, timeout=30).stdout
-        except (OSError, subprocess.SubprocessError):
-            commit, changed = "", ""
-        return {"src": str(src), "commit": commit or None, "files_changed_from_commit": len(changed.splitlines()),
-                "continuous_batching": self.continuous}
+        return {**source_of(src), "continuous_batching": self.continuous}
 
 
 class Sampler(threading.Thread):

@@ -18,6 +18,7 @@ import os
 import platform
 import resource
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -113,3 +114,14 @@ class PeakMemory:
 def write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def source_of(src: Path) -> dict[str, Any]:
+    """Which checkout a child process imported: the folder, its git commit and how many files differ from it."""
+    git = ["git", "--no-optional-locks", "-C", str(src)]
+    try:
+        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30).stdout.strip()
+        changed = subprocess.run([*git, "status", "--porcelain", "--", "."], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        commit, changed = "", ""
+    return {"src": str(src), "commit": commit or None, "files_changed_from_commit": len(changed.splitlines())}

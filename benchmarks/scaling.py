@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 from backbones import PRESETS, build_backbone, data_dir
-from measurement import environment, write_json
+from measurement import environment, source_of, write_json
 
 HERE = Path(__file__).resolve().parent
 TASK = "sst2"
@@ -167,14 +167,7 @@ def compare(rows: dict[str, dict[str, Any]]) -> None:
 def source(args: argparse.Namespace) -> dict[str, Any]:
     """Which src/ the children imported: --src, else this checkout's; its commit and how many files differ from it."""
     src = Path(args.src).resolve() if args.src else HERE.parent / "src"
-    git = ["git", "--no-optional-locks", "-C", str(src)]
-    try:
-        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30).stdout.strip()
-        changed = subprocess.run([*git, "status", "--porcelain", "--", "."], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        commit, changed = "", ""
-    return {"src": str(src), "on_pythonpath": bool(args.src), "commit": commit or None,
-            "files_changed_from_commit": len(changed.splitlines())}
+    return {**source_of(src), "on_pythonpath": bool(args.src)}
 
 
 def report(args: argparse.Namespace, rows: dict[str, dict[str, Any]], load: dict[str, Any]) -> dict[str, Any]:

@@ -520,3 +520,34 @@ def test_packaged_checkpoint_is_half_precision_and_loads_for_prompt_tuning(span_
     assert next(model.parameters()).dtype == torch.float32 and len(tokenizer) == model.config.vocab_size
     for (name, a), (_, b) in zip(original.state_dict().items(), model.state_dict().items(), strict=True):
         torch.testing.assert_close(a.half().float(), b, msg=name)
+
+
+@pytest.mark.multiprocess
+def test_span_corruption_on_two_processes_takes_the_single_process_steps(cache_dir, tokenizer_dir, tmp_path):
+    """torchrun, 2 gloo ranks under DistributedDataParallel: the same losses and weights as one process (no dropout)."""
+    import subprocess
+    import sys
+
+    def launch(nproc: int, out: Path, *extra: str) -> subprocess.CompletedProcess:
+        head = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)] if nproc > 1 else [sys.executable]
+        args = ["-m", "softprompt", "pretrain", "span-corruption", "--tokenizer", str(tokenizer_dir), "--cache", str(cache_dir),
+                "--output", str(out), "--size", "tiny", "--batch-size", "8", "--inputs-length", "64", "--span-steps", "6",
+                "--lr", "3e-3", "--warmup-steps", "1", "--log-every", "1", "--device", "cpu", "--quiet", *extra]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "SOFTPROMPT_DIST_TIMEOUT_S": "120"}
+        return subprocess.run([*head, *args], capture_output=True, text=True, timeout=600, env=env)
+
+    one, two = launch(1, tmp_path / "one"), launch(2, tmp_path / "two")
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    assert sum(line.startswith("{") for line in two.stdout.splitlines()) == 1, "rank 0 alone prints the summary"
+    logs = [[json.loads(line) for line in (tmp_path / d / "train_log.jsonl").read_text().splitlines()] for d in ("one", "two")]
+    losses = [[r["loss"] for r in log if "loss" in r] for log in logs]
+    assert len(losses[0]) == len(losses[1]) == 6 and max(abs(a - b) for a, b in zip(*losses)) <= 1e-5
+    a = T5ForConditionalGeneration.from_pretrained(tmp_path / "one").state_dict()
+    b = T5ForConditionalGeneration.from_pretrained(tmp_path / "two").state_dict()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+    state = torch.load(tmp_path / "two" / STATE_FILE, weights_only=True)
+    assert state["world_size"] == 2 and len(state["random_ranks"]) == 2
+
+    (tmp_path / "two" / "pretrain_summary.json").unlink()  # as if stopped after its last checkpoint
+    again = launch(1, tmp_path / "two")
+    assert again.returncode == 2 and "saved by 2 process(es), resumed with 1" in again.stderr, again.stderr[-2000:]

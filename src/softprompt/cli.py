@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from .config import EvalConfig, PredictConfig, TrainConfig
 from .configargs import add_config_arguments, config_from_args, given, merged
@@ -65,21 +66,34 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     return config_from_args(TrainConfig, argparse.Namespace(), merged(base, overrides), args.config or "arguments")
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    """Under torchrun or srun every rank runs this; rank 0 alone prints. A failed peer ends the job in one line."""
+def on_every_rank(work: Callable[[], Any]) -> Any:
+    """Run `work` on this rank (one of several under torchrun or srun); a failed peer ends it in one line."""
     from . import distributed
-    from .train import train
 
     try:
-        result = train(train_config(args), resume=args.resume, progress=not args.quiet)
+        return work()
     except RuntimeError as err:  # a collective that failed: a peer died, or timed out
         if not (distributed.active() and distributed.is_peer_failure(err)):
             raise
         raise SoftpromptError(distributed.peer_failure(err)) from None
     finally:
         distributed.leave()
-    if distributed.world_from_env().writer:
-        print_json({"output": str(result.output), "steps": result.steps, "best_step": result.best_step, "best": result.best_metrics})
+
+
+def writes_output() -> bool:
+    """Rank 0 alone prints (one process: always)."""
+    from .distributed import world_from_env
+
+    return world_from_env().writer
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    """Under torchrun or srun every rank runs this; rank 0 alone prints."""
+    from .train import train
+
+    result = on_every_rank(lambda: train(train_config(args), resume=args.resume, progress=not args.quiet))
+    if writes_output():
+        print(json.dumps({"output": str(result.output), "steps": result.steps, "best_step": result.best_step, "best": result.best_metrics}))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -147,6 +161,7 @@ def pretrain_configs(args: argparse.Namespace):
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
+    from .distributed import world_from_env
     from .pretrain import (
         BackboneConfig,
         TokenizerConfig,
@@ -161,6 +176,9 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     span, lm = pretrain_configs(args)
     command = "softprompt " + " ".join(sys.argv[1:])
+    if world_from_env().distributed and args.stage not in ("span-corruption", "lm-adapt"):
+        raise SoftpromptError(f"pretrain {args.stage} runs on one process; launch the span-corruption and lm-adapt stages "
+                              "with torchrun")
     if args.stage == "backbone":
         if not args.corpus:
             raise SoftpromptError("pretrain backbone needs at least one --corpus")
@@ -179,12 +197,14 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         if not args.cache:
             raise SoftpromptError(f"pretrain {args.stage} needs --cache (a corpus cache folder)")
         if args.stage == "span-corruption":
-            result = pretrain(span, args.cache, args.output, tokenizer_dir=args.tokenizer, init_from=args.init_from,
-                              command=command)
+            result = on_every_rank(lambda: pretrain(span, args.cache, args.output, tokenizer_dir=args.tokenizer,
+                                                    init_from=args.init_from, command=command))
         elif not args.init_from:
             raise SoftpromptError("pretrain lm-adapt needs --init-from CHECKPOINT")
         else:
-            result = pretrain(lm, args.cache, args.output, init_from=args.init_from, command=command)
+            result = on_every_rank(lambda: pretrain(lm, args.cache, args.output, init_from=args.init_from, command=command))
+        if not writes_output():
+            return
         if result["complete"]:
             write_lineage_card(args.output, read_cache_meta(args.cache))
     print_json(result, default=str)

@@ -130,7 +130,8 @@ def save_checkpoint(out_dir: Path, model: T5ForConditionalGeneration, tokenizer:
     with atomic_folder(out_dir) as tmp:
         model.save_pretrained(tmp)
         tok_lib.save_tokenizer(tokenizer, tmp)
-        torch.save({**state, "random": _portable(state["random"])}, tmp / STATE_FILE)
+        ranks = {"random_ranks": [_portable(r) for r in state["random_ranks"]]} if state.get("random_ranks") else {}
+        torch.save({**state, "random": _portable(state["random"]), **ranks}, tmp / STATE_FILE)
         (tmp / LOG_FILE).write_text(log_text(log), encoding="utf-8")
         if summary is not None:
             write_json_atomic(tmp / SUMMARY_FILE, summary)
@@ -182,7 +183,8 @@ def load_state(out_dir: Path) -> dict[str, Any]:
         return _from_format_1(state)
     if version != STATE_FORMAT:
         raise SoftpromptError(f"{path}: trainer state format {version!r}; this softprompt reads formats 1 to {STATE_FORMAT}")
-    return {**state, "random": _native(state["random"])}
+    ranks = {"random_ranks": [_native(r) for r in state["random_ranks"]]} if state.get("random_ranks") else {}
+    return {**state, "random": _native(state["random"]), **ranks}
 
 
 def _from_format_1(state: dict) -> dict[str, Any]:

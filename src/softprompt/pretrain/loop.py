@@ -22,7 +22,7 @@ from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
 from ..backbones.base import label_nll
 from ..device import autocast, enable_tf32, pick_device, to_device, torch_dtype
-from ..distributed import SINGLE
+from ..distributed import SINGLE, World, any_rank, barrier, gather, join
 from ..errors import SoftpromptError
 from ..files import append_jsonl, write_text_atomic
 from ..run import Stopper, config_differences, random_states, restore_random_states
@@ -102,15 +102,20 @@ class _Run:
     elapsed_s: float = 0.0
 
 
-def _resume(config: PretrainConfig, out_dir: Path, device: torch.device, precision: str) -> tuple[_Run, dict]:
-    """The unfinished run in `out_dir` and its trainer state; refuses one started with other settings."""
+def _resume(config: PretrainConfig, out_dir: Path, device: torch.device, precision: str, world: World) -> tuple[_Run, dict]:
+    """The unfinished run in `out_dir` and its trainer state; refuses one started with other settings or world size."""
     state = load_state(out_dir)
     changed = config_differences(state["config"], asdict(config), RESUMABLE)
     if changed:
         raise SoftpromptError(f"{out_dir / STATE_FILE}: run was started with other settings ({', '.join(changed)}); "
                               "use a new output folder or the same settings")
+    saved_world = state.get("world_size", 1)
+    if saved_world != world.size:
+        raise SoftpromptError(f"{out_dir / STATE_FILE}: saved by {saved_world} process(es), resumed with {world.size}; "
+                              "resume with the same number of processes")
     log = read_log(out_dir, state["step"])
-    write_text_atomic(out_dir / LOG_FILE, log_text(log))  # drop lines written after the checkpoint
+    if world.writer:
+        write_text_atomic(out_dir / LOG_FILE, log_text(log))  # drop lines written after the checkpoint
     run = _Run(config, out_dir, load_model(out_dir), tok_lib.load_tokenizer(out_dir), device, precision, log=log,
                init_from=state.get("init_from"), step=state["step"], input_tokens=state["input_tokens"],
                target_tokens=state["target_tokens"], elapsed_s=state["elapsed_s"])
@@ -134,12 +139,12 @@ def _new(config: PretrainConfig, out_dir: Path, device: torch.device, precision:
 
 
 def _start(config: PretrainConfig, cache_dir: str | os.PathLike, out_dir: Path, tokenizer_dir: str | os.PathLike | None,
-           init_from: str | os.PathLike | None) -> tuple[_Run, dict | None]:
+           init_from: str | os.PathLike | None, world: World, device_name: str) -> tuple[_Run, dict | None]:
     """Load a run to resume, or set up a new one (its folder not yet made); returns (run, trainer state or None)."""
-    device = pick_device(config.device)
+    device = pick_device(device_name)
     precision = forward_precision(config.precision, device)
     if is_run(out_dir):
-        run, state = _resume(config, out_dir, device, precision)
+        run, state = _resume(config, out_dir, device, precision, world)
         check_vocab(run.model, run.tokenizer, str(out_dir))
     else:
         run, state = _new(config, out_dir, device, precision, tokenizer_dir, init_from), None
@@ -153,9 +158,10 @@ def _start(config: PretrainConfig, cache_dir: str | os.PathLike, out_dir: Path, 
 class _Trainer:
     """One call's training: optimizer, schedule, loss scaler, the steps, logging, evaluation, checkpoints."""
 
-    def __init__(self, run: _Run, state: dict | None, objective: SpanCorruption | PrefixLM, val_batches: list[Batch]):
+    def __init__(self, run: _Run, state: dict | None, objective: SpanCorruption | PrefixLM, val_batches: list[Batch],
+                 world: World = SINGLE):
         c = run.config
-        self.run, self.objective, self.val_batches = run, objective, val_batches
+        self.run, self.objective, self.val_batches, self.world = run, objective, val_batches, world
         self.sampler = WindowSampler(run.cache.train, objective.window_length, c.batch_size, c.seed)
         self.model = run.model.to(run.device).train()
         enable_tf32(run.device)
@@ -167,29 +173,36 @@ class _Trainer:
             self.schedule.load_state_dict(state["schedule"])
             if state["scaler"]:
                 self.scaler.load_state_dict(state["scaler"])
-            restore_random_states(state["random"])
-        self.forward = torch.compile(self.model) if c.compile else self.model
+            ranks = state.get("random_ranks")
+            restore_random_states(ranks[world.rank] if ranks else state["random"])
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        # The one trainer's step (loss over the batch's target tokens, backward, loss scaling, clipping); this
-        # loop keeps its own folder format (a Hugging Face checkpoint plus trainer_state.pt) and schedule.
-        self.trainer = Trainer(None, SINGLE, None, self.optimizer, self.params, grad_clip=c.grad_clip, device=run.device,
+        # The one trainer's step (each rank's share of the batch, loss over the global batch's target tokens, backward,
+        # DDP's reduction, loss scaling, clipping); this loop keeps its own folder format and schedule.
+        self.trainer = Trainer(None, world, None, self.optimizer, self.params, grad_clip=c.grad_clip, device=run.device,
                                scaler=self.scaler)
+        module = self.trainer.wrap(self.model)  # DistributedDataParallel on several ranks
+        self.forward = torch.compile(module) if c.compile else module
         self.loss_sum, self.loss_count = torch.zeros((), device=run.device), 0
         self.window_tokens = 0  # tokens of this call's batches, for the speed
 
     def state(self) -> dict[str, Any]:
         run = self.run
+        states = gather(random_states())  # every rank's generators (a collective: all ranks call state())
         return {"format": STATE_FORMAT, "step": run.step, "optimizer": self.optimizer.state_dict(),
-                "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(), "random": random_states(),
+                "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(), "random": states[0],
+                "world_size": self.world.size, **({"random_ranks": states} if self.world.distributed else {}),
                 "config": asdict(run.config), "input_tokens": run.input_tokens, "target_tokens": run.target_tokens,
                 "elapsed_s": run.elapsed_s, "init_from": run.init_from}
 
     def checkpoint(self, summary: dict | None = None) -> None:
-        save_checkpoint(self.run.out_dir, self.model, self.run.tokenizer, self.state(), self.run.log, summary)
+        state = self.state()
+        if self.world.writer:
+            save_checkpoint(self.run.out_dir, self.model, self.run.tokenizer, state, self.run.log, summary)
 
     def record(self, entry: dict) -> None:
         self.run.log.append(entry)
-        append_jsonl(self.run.out_dir / LOG_FILE, entry)
+        if self.world.writer:
+            append_jsonl(self.run.out_dir / LOG_FILE, entry)
 
     def evaluate(self) -> dict:
         run = self.run
@@ -232,7 +245,7 @@ class _Trainer:
     def train(self, last: int) -> tuple[float | None, dict]:
         """Steps run.step .. last-1, or until the wall-clock limit; returns (last train loss, last evaluation)."""
         run, c = self.run, self.run.config
-        stopper = Stopper(last, c.max_minutes, run.step, c.objective, c.progress)
+        stopper = Stopper(last, c.max_minutes, run.step, c.objective, c.progress and self.world.writer)
         session_start_s, train_loss, evaluation = run.elapsed_s, None, {}
         try:
             for step, batch in prefetched(self.make, run.step, last, c.prefetch):
@@ -248,14 +261,14 @@ class _Trainer:
                 if run.step % c.eval_every == 0 and run.step < last:
                     evaluation = self.evaluate()
                     self.record(evaluation)
-                    if c.progress:  # beside the bar, on stderr: stdout is the caller's
+                    if c.progress and self.world.writer:  # beside the bar, on stderr: stdout is the caller's
                         stopper.bar.write(f"step {run.step}: val loss {evaluation['val_loss']:.3f}, "
                                           f"encoder gap {evaluation['encoder_gap']:.3f}", file=sys.stderr)
-                if stopper.should_stop(run.step):
+                if any_rank(stopper.should_stop(run.step), run.device):  # one decision, so no rank waits for a peer
                     break
                 if run.step % c.checkpoint_every == 0:
                     self.checkpoint()
-                if c.snapshot_every and run.step % c.snapshot_every == 0:
+                if c.snapshot_every and run.step % c.snapshot_every == 0 and self.world.writer:
                     save_snapshot(run.out_dir, self.model, run.tokenizer, run.step, c.objective)
         finally:
             stopper.close()
@@ -320,11 +333,13 @@ def pretrain(config: PretrainConfig, cache_dir: str | os.PathLike, out_dir: str 
     out_dir = Path(out_dir)
     if is_complete(out_dir):
         return read_summary(out_dir)
-    run, state = _start(config, cache_dir, out_dir, tokenizer_dir, init_from)
+    world, device_name = join(config.device)
+    run, state = _start(config, cache_dir, out_dir, tokenizer_dir, init_from, world, device_name)
     objective = make_objective(config, run.tokenizer)
-    trainer = _Trainer(run, state, objective, _validation_batches(run, objective, cache_dir))
-    if state is None:  # every input checked: only now is a new run's folder made
+    trainer = _Trainer(run, state, objective, _validation_batches(run, objective, cache_dir), world)
+    if state is None and world.writer:  # every input checked: only now is a new run's folder made
         prepare_out_dir(out_dir)
+    barrier()
     last = min(config.steps, stop_at) if stop_at is not None else config.steps
     train_loss, evaluation = trainer.train(last)
     if evaluation.get("step") != run.step:
@@ -333,4 +348,5 @@ def pretrain(config: PretrainConfig, cache_dir: str | os.PathLike, out_dir: str 
     summary = _summary(run, run.step >= config.steps, train_loss, {k: v for k, v in evaluation.items() if k != "step"},
                        objective.window_length, command)
     trainer.checkpoint(summary)
+    barrier()  # the folder is whole before any rank returns
     return summary

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from softprompt.cli import main
 from test_studies import one_error_line, results, study
@@ -93,3 +94,18 @@ def test_more_seeds_extend_a_study(capsys, tmp_path, t5_dir):
     code, out, err = study(capsys, "init", tmp_path, *args)  # --seeds 2: the same study, extended
     assert code == 0, err
     assert json.loads(out)["ran"] == 3 and [r["seed"] for r in results(tmp_path, "init")] == [0, 0, 0, 1, 1, 1]
+
+
+@pytest.mark.multiprocess
+def test_points_trained_as_two_process_runs_give_the_records_of_one_process(capsys, tmp_path, t5_dir):
+    """--nproc-per-point 2: each point is a torchrun job of two ranks; same run folders, same scores."""
+    args = ("--model", t5_dir, "--task", "cb", "--device", "cpu")
+    assert study(capsys, "init", tmp_path / "one", *args)[0] == 0
+    code, out, err = study(capsys, "init", tmp_path / "two", *args, "--nproc-per-point", "2")
+    assert code == 0, err
+    one, two = (comparable(results(tmp_path / d, "init"), tmp_path / d) for d in ("one", "two"))
+    assert [r["config"] for r in one] == [r["config"] for r in two]
+    for a, b in zip(one, two):
+        assert a["score"] == pytest.approx(b["score"], abs=1e-9) and a["best_step"] == b["best_step"]
+    checkpoints = list((tmp_path / "two" / "points").glob("*/checkpoint.pt"))
+    assert len(checkpoints) == len(two) and all(torch.load(c, weights_only=False)["world_size"] == 2 for c in checkpoints)

@@ -23,7 +23,7 @@ from ..train import train
 from .config import QUICK_BUDGET, Budget, StudyConfig, resolve_budget
 from .folder import StudyFolder
 from .plot import plot_rows
-from .runs import cached_output, finished_result, point_lock, run_summary
+from .runs import cached_output, finished_result, point_lock, run_summary, train_processes
 from .summary import Row, markdown_table, summarise
 from .verdicts import Verdict
 
@@ -201,7 +201,11 @@ def training_record(ctx: Context, point: Point) -> dict[str, Any]:
     """
     config = point.config
     with point_lock(config.output):
-        result = finished_result(config) or train(config, resume=True, progress=ctx.progress)
+        result = finished_result(config)
+        if result is None and ctx.config.nproc_per_point > 1:
+            result = train_processes(config, ctx.config.nproc_per_point)
+        elif result is None:
+            result = train(config, resume=True, progress=ctx.progress)
     task = load_task(config.task, config.task_spec)
     backbone = ctx.backbone(point.model)
     return {

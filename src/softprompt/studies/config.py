@@ -36,6 +36,8 @@ class StudyConfig:
     workers: int = setting(1, "run this many points at once, each in its own process with one torch thread")
     shard: str | None = setting(None, "K/N: run only share K (1..N) of the training points, for N machines or array jobs on "
                                 "one shared output folder; a last call without --shard runs what is left and writes the tables")
+    nproc_per_point: int = setting(1, "train each point on this many processes (torchrun --standalone, one per GPU), "
+                                   "each point then a data-parallel run")
     device: str = setting("auto", "auto, cpu, cuda, cuda:1 ...")
     prompt: tuple[str, ...] = setting((), "neighbors: also analyse this saved prompt directory; repeatable", repeat=True)
     target_task: str | None = setting(None, "transfer: the task(s) scored zero-shot, comma-separated (default: cb,axb for rte; qqp for mrpc; the MRQA sets present for squad, squad-dev-split)")
@@ -46,7 +48,7 @@ class StudyConfig:
     def __post_init__(self) -> None:
         self.model, self.prompt = tuple(self.model), tuple(self.prompt)
         check_fields(self)
-        at_least(self, 1, "seeds", "eval_examples", "workers", "eval_every")
+        at_least(self, 1, "seeds", "eval_examples", "workers", "eval_every", "nproc_per_point")
         at_least(self, 0, "max_steps", "select_examples")
         if self.shard is not None:
             shard_of(self.shard)
@@ -115,11 +117,11 @@ def resolve_budget(config: StudyConfig, paper: Budget = PAPER_BUDGET, quick: Bud
 def saved_form(config: StudyConfig, budget: Budget, defaults: dict[str, Any]) -> dict[str, Any]:
     """What `study.json` holds: the config with the study's defaults filled in, and the budget.
 
-    `device`, `output`, `workers` and `shard` are left out: moving a study to a GPU, another folder or
-    more processes is the same study.
+    `device`, `output`, `workers`, `shard` and `nproc_per_point` are left out: moving a study to a GPU,
+    another folder or more processes is the same study.
     """
     data = normalised(config)
-    for key in ("device", "output", "workers", "shard"):
+    for key in ("device", "output", "workers", "shard", "nproc_per_point"):
         data.pop(key)
     data.update({k: v for k, v in defaults.items() if data.get(k) in (None, [], ())})
     data["budget"] = asdict(budget)

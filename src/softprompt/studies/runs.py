@@ -14,12 +14,16 @@ import fcntl
 import hashlib
 import json
 import os
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..config import TrainConfig, normalised
+from ..errors import SoftpromptError
 from ..run import LOG_FILE, RESULT_FILE, RUN_FILE, config_differences
 from ..train import PREDICTIONS_FILE, RESUMABLE_FIELDS, TrainResult
 
@@ -114,3 +118,26 @@ def curve(output: Path, metric: str) -> list[list[float]]:
         if "eval" in entry and metric in entry["eval"]:
             points.append([entry["step"], entry["eval"][metric]])
     return points
+
+
+def train_processes(config: TrainConfig, nproc: int) -> TrainResult:
+    """Train (or resume) `config` as one data-parallel run of `nproc` processes: `torchrun --standalone -m softprompt train`.
+
+    The config travels as a run.json (`--config`), so the run is the one `train(config)` would make.
+    Raises SoftpromptError with the job's last error line when it fails.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = Path(tmp) / RUN_FILE
+        spec.write_text(json.dumps(normalised(config)), encoding="utf-8")
+        log = Path(tmp) / "job.log"
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+                   "-m", "softprompt", "train", "--config", str(spec), "--resume", "--quiet"]
+        with log.open("w") as out:
+            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
+        if code != 0:
+            lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if "error" in line.lower()]
+            raise SoftpromptError(f"{config.output}: the {nproc}-process run failed ({lines[0] if lines else f'exit {code}'})")
+    result = finished_result(config)
+    if result is None:
+        raise SoftpromptError(f"{config.output}: the {nproc}-process run ended without a finished result")
+    return result

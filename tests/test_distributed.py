@@ -241,3 +241,22 @@ def test_what_a_sharded_backbone_cannot_run_is_refused_in_one_line(extra, messag
     assert process.wait(timeout=300) == 2
     text = log.read_text()
     assert message in text and "Traceback" not in text and not (tmp_path / "out").exists()
+
+
+@multiprocess
+def test_a_rank_that_dies_ends_the_job_instead_of_hanging(gpt2_dir, data_dir, tmp_path):
+    out, log = tmp_path / "run", tmp_path / "job.log"
+    job = launch(2, common(gpt2_dir, data_dir, out, "--max-steps", "100000", "--eval-every", "100000"), log)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not any("loss" in r for r in _safe_records(out)):
+        time.sleep(0.1)
+    workers = subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2, workers
+    os.kill(int(workers[-1]), signal.SIGKILL)  # one rank dies mid-run
+    started = time.monotonic()
+    try:
+        code = job.wait(timeout=180)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert code != 0 and time.monotonic() - started < 180, "the job ended, with an error, instead of waiting forever"

@@ -45,6 +45,16 @@ def t5_small_like(root: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]
     return T5ForConditionalGeneration(config), tokenizer
 
 
+def t5_base_like(root: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    tokenizer = T5TokenizerFast.from_pretrained(root / "tokenizers" / "t5")
+    config = T5Config(  # google/t5-v1_1-base's config.json: 12+12 layers, width 768, d_ff 2048, 12 heads (248M)
+        vocab_size=32128, d_model=768, d_ff=2048, d_kv=64, num_heads=12, num_layers=12, num_decoder_layers=12,
+        feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.1,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    )
+    return T5ForConditionalGeneration(config), tokenizer
+
+
 def gpt2_small_like(root: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     tokenizer = GPT2TokenizerFast.from_pretrained(root / "tokenizers" / "gpt2")
     tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has no pad token; padding is masked anyway
@@ -55,7 +65,7 @@ def gpt2_small_like(root: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
     return GPT2LMHeadModel(config), tokenizer
 
 
-PRESETS = {"t5-small-like": t5_small_like, "gpt2-small-like": gpt2_small_like}
+PRESETS = {"t5-small-like": t5_small_like, "t5-base-like": t5_base_like, "gpt2-small-like": gpt2_small_like}
 
 
 def build_backbone(

@@ -221,3 +221,17 @@ def test_a_peft_point_resumes_from_its_checkpoint_on_the_one_trainer(key, t5_dir
     assert [r.get("loss") for r in losses[0]] == [r.get("loss") for r in losses[1]]
     a, b = (load_file(str(tmp_path / d / ADAPTER_DIR / "adapter_model.safetensors")) for d in "ab")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_a_peft_point_chooses_its_step_on_held_out_training_examples(t5_dir, data_dir, tmp_path):
+    """As prompt tuning's points do: the step is chosen on the held-out split, dev is scored at it and at the last step."""
+    from softprompt.studies.peft_runs import PEFT_METHODS, PeftRun, train_peft
+    from softprompt.tasks import load_task
+
+    lora = next(m for m in PEFT_METHODS if m.key == "lora")
+    dev = load_task("rte").load("validation", data_dir)[:6]
+    result = train_peft(PeftRun(lora, str(t5_dir), "rte", tmp_path / "p", 4, 4, 2, 0, 4, device="cpu", data_dir=str(data_dir),
+                                select_examples=12), dev)
+    assert result["score"] == result["dev_best"][result["metric"]] and "accuracy" in result["dev_last"]
+    assert result["select_score"] == pytest.approx(round(result["select_score"] * 12) / 12), "scored on the 12 held-out examples"
+    assert result["score"] == pytest.approx(round(result["score"] * 6) / 6), "dev: the 6 dev examples"

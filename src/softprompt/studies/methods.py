@@ -123,7 +123,8 @@ class MethodsStudy(Study):
                 key = f"{label}/{method.key}/seed{seed}"
                 run = PeftRun(method, model, ctx.task, ctx.folder.run_dir(key), ctx.budget.steps, ctx.budget.batch_size,
                               ctx.budget.eval_every, seed, PromptConfig().length, ctx.config.device, ctx.config.data_dir,
-                              defaults.max_input_length, defaults.max_target_length, defaults.eval_batch_size)
+                              defaults.max_input_length, defaults.max_target_length, defaults.eval_batch_size,
+                              ctx.select_examples(load_task(ctx.task)))
                 points.append(Point(key, method.name, model, seed, extra={"run": run}))
             key = f"{label}/model/seed{seed}"
             points.append(Point(key, MODEL_TUNING, model, seed, ctx.train_config(

@@ -39,7 +39,7 @@ from ..errors import SoftpromptError
 from ..evaluate import best_candidate, evaluate
 from ..model import PromptedModel, prompt_metadata
 from ..run import RESULT_FILE, RunDir, Stopper, seed_everything
-from ..tasks import Example, Task, load_task, require_examples, resolve_data_dir
+from ..tasks import Example, Task, hold_out, load_task, require_examples, resolve_data_dir
 from ..trainer import Trainer
 
 ADAPTER_DIR, CHECKPOINT_FILE = "adapter", "checkpoint.pt"
@@ -99,12 +99,14 @@ class PeftRun:
     max_input_length: int = 512
     max_target_length: int = 16
     eval_batch_size: int = 64
+    select_examples: int | None = None  # choose the step on this many held-out training examples, as prompt tuning does
 
     def describe(self) -> dict[str, Any]:
         """The record's account of the run (the `config` of a softprompt point)."""
         return {"method": self.method.name, "optimizer": "AdamW", "lr": self.method.lr, "steps": self.steps,
                 "batch_size": self.batch_size, "eval_every": self.eval_every, "seed": self.seed, "output": str(self.output),
-                "virtual_tokens": self.virtual_tokens if self.method.prompt_learning else None}
+                "virtual_tokens": self.virtual_tokens if self.method.prompt_learning else None,
+                **({"select_examples": self.select_examples} if self.select_examples else {})}
 
 
 def tuned_parameters(model: torch.nn.Module) -> int:
@@ -171,13 +173,17 @@ def build(run: PeftRun, task: Task) -> tuple[Backbone, PeftModel, PromptedModel]
 
 
 class PeftLoop:
-    """The trainer's `Objective` for one PEFT point: PeftModel's loss, dev metrics, the adapter kept at the best step."""
+    """The trainer's `Objective` for one PEFT point: PeftModel's loss, its scores, the adapter kept at the best step.
+
+    The step is chosen on `select` (held-out training examples; else the dev set, as the paper chose), and its
+    weights are kept in memory (and in the checkpoint: a PEFT method's weights are small) to score dev at the end.
+    """
 
     def __init__(self, run: PeftRun, task: Task, backbone: Backbone, peft_model: PeftModel, prompted: PromptedModel,
-                 dev: list[Features], dev_examples: list[Example]):
+                 select: list[Example]):
         self.run, self.task, self.backbone, self.peft_model, self.prompted = run, task, backbone, peft_model, prompted
-        self.dev, self.dev_examples = dev, dev_examples
-        self.state: dict[str, Any] = {"best": {}, "best_step": -1, "evaluated_at": -1, "seconds": 0.0}
+        self.select = select
+        self.state: dict[str, Any] = {"best": {}, "best_step": -1, "evaluated_at": -1, "seconds": 0.0, "best_weights": None}
         self.started = time.perf_counter()
 
     def nll(self, items: list[Features]) -> torch.Tensor:
@@ -194,32 +200,48 @@ class PeftLoop:
     def after_step(self, step: int) -> None:
         pass
 
-    def evaluate(self, step: int) -> None:
-        run, peft_model = self.run, self.peft_model
+    def trainable(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.peft_model.named_parameters() if v.requires_grad}
+
+    def scores(self, examples: list[Example]) -> dict[str, float]:
+        """The task's metrics on `examples` for the weights as they are now (rank classification)."""
+        run, peft_model, task = self.run, self.peft_model, self.task
         peft_model.eval()
         if run.method.prompt_learning:
-            metrics = peft_evaluate(peft_model, self.backbone, self.task, self.dev, self.dev_examples, run.max_target_length,
-                                    run.eval_batch_size)
+            record = self.prompted.bank[task.name]
+            features = encode_all(self.backbone, task.name, record, examples, task.name, with_target=False)
+            metrics = peft_evaluate(peft_model, self.backbone, task, features, examples, run.max_target_length, run.eval_batch_size)
         else:
-            metrics = evaluate(self.prompted, self.task, self.dev_examples, self.task.name, "rank", run.eval_batch_size)
+            metrics = evaluate(self.prompted, task, examples, task.name, "rank", run.eval_batch_size)
         peft_model.train()
+        return metrics
+
+    def evaluate(self, step: int) -> None:
+        metrics = self.scores(self.select)
         self.state["evaluated_at"] = step
         best = self.state["best"]
         if not best or next(iter(metrics.values())) > next(iter(best.values())):
-            self.state.update(best=metrics, best_step=step)
-            peft_model.save_pretrained(run.output / ADAPTER_DIR)
+            self.state.update(best=metrics, best_step=step, best_weights=self.trainable())
+            self.peft_model.save_pretrained(self.run.output / ADAPTER_DIR)
+
+    def dev_at_best_and_last(self, dev: list[Example]) -> tuple[dict[str, float], dict[str, float]]:
+        """Dev metrics at the chosen step and at the last one (the trained weights are put back after)."""
+        last, current = self.scores(dev), self.trainable()
+        self.peft_model.load_state_dict(self.state["best_weights"], strict=False)
+        best = self.scores(dev)
+        self.peft_model.load_state_dict(current, strict=False)
+        return best, last
 
     def seconds(self) -> float:
         """Training seconds over every call that trained this point (a resumed point adds to its first call's)."""
         return self.state["seconds"] + time.perf_counter() - self.started
 
     def state_dict(self) -> dict[str, Any]:
-        trainable = {k: v.detach().cpu() for k, v in self.peft_model.named_parameters() if v.requires_grad}
-        return {"trainable": trainable, **self.state, "seconds": self.seconds()}
+        return {"trainable": self.trainable(), **self.state, "seconds": self.seconds()}
 
     def load_state(self, saved: dict[str, Any]) -> None:
         self.peft_model.load_state_dict(saved["trainable"], strict=False)
-        self.state.update({k: saved[k] for k in self.state})
+        self.state.update({k: saved[k] for k in self.state if k in saved})
         self.started = time.perf_counter()
 
 
@@ -233,15 +255,17 @@ def train_peft(run: PeftRun, dev_examples: list[Example]) -> dict[str, Any]:
     task = load_task(run.task)
     data_dir = resolve_data_dir(run.data_dir)
     train_examples = require_examples(task, "train", data_dir, task.load("train", data_dir))
+    select = dev_examples
+    if run.select_examples:
+        train_examples, select = hold_out(train_examples, run.select_examples, task.describe("train", data_dir))
     seed_everything(run.seed)
     backbone, peft_model, prompted = build(run, task)
     record = prompted.bank[task.name]
     features = encode_all(backbone, task.name, record, train_examples, f"{task.name} train")
-    dev = encode_all(backbone, task.name, record, dev_examples, f"{task.name} validation", with_target=False)
     stream = BatchStream(features, run.batch_size, run.seed, group_by_length=True)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     trainer = Trainer(folder, SINGLE, stream, torch.optim.AdamW(params, lr=run.method.lr), params, device=backbone.device)
-    loop = PeftLoop(run, task, backbone, peft_model, prompted, dev, dev_examples)
+    loop = PeftLoop(run, task, backbone, peft_model, prompted, select)
     peft_model.train()
     trainer.start(loop)
     stopper = Stopper(run.steps, None, trainer.step_count, run.method.key, progress=False)
@@ -250,8 +274,14 @@ def train_peft(run: PeftRun, dev_examples: list[Example]) -> dict[str, Any]:
     if loop.state["evaluated_at"] != trainer.step_count:  # the last step (or, with zero steps, the untrained method)
         loop.evaluate(trainer.step_count)
     best = loop.state["best"]
-    metric, score = next(iter(best.items()))
-    result = {"metric": metric, "score": score, "metrics": best, "steps": run.steps, "best_step": loop.state["best_step"],
+    metric = next(iter(best))
+    if run.select_examples:  # the step was chosen on held-out training examples: dev scored at it, and at the last step
+        dev_best, dev_last = loop.dev_at_best_and_last(dev_examples)
+        scores = {"score": dev_best[metric], "score_last": dev_last[metric], "select_score": best[metric],
+                  "metrics": dev_best, "dev_best": dev_best, "dev_last": dev_last}
+    else:
+        scores = {"score": best[metric], "metrics": best}
+    result = {"metric": metric, **scores, "steps": run.steps, "best_step": loop.state["best_step"],
               "seconds": round(loop.seconds(), 1),
               "parameters": sum(p.numel() for p in backbone.model.parameters() if not p.requires_grad),
               "tuned_parameters": tuned_parameters(peft_model), "stored_parameters": stored_parameters(peft_model),

@@ -381,3 +381,15 @@ def test_transfer_is_not_testable_when_the_source_task_was_not_learned():
     at_chance = [{**r, "dev_correct": "1" * 165 + "0" * 135} for r in learned]  # the same zero-shot scores; the source not learned
     reasons = {v.claim: v for _, v in STUDIES["transfer"].verdicts(at_chance)}
     assert reasons[claim].label == NOT_TESTABLE and reasons[claim].reason.startswith("budget:")
+
+
+def test_majority_rate_and_score_count_the_most_common_dev_target():
+    from softprompt.studies.base import majority_rate, majority_score
+    from softprompt.tasks import load_task
+    from softprompt.tasks.base import Example
+
+    task = load_task("sst2")
+    examples = [Example("a", "positive"), Example("b", "negative"), Example("c", "positive"), Example("d", "")]
+    assert majority_rate(examples) == pytest.approx(2 / 3)  # the unlabeled example is not counted
+    assert majority_score(task, examples[:3]) == pytest.approx(next(iter(task.metric(["positive"] * 3, examples[:3]).values())))
+    assert majority_rate([]) is None and majority_score(task, [Example("x", "")]) is None

@@ -11,6 +11,7 @@ a plain training run (an ensemble scored in one batch, neighbours of a prompt), 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -111,19 +112,27 @@ def model_keys(models: tuple[str, ...]) -> dict[str, str]:
     return labels
 
 
+def most_common_target(examples: list[Example], order: Sequence[str] | None = None) -> tuple[str, int, int] | None:
+    """(the most common target, its count, how many examples have a target); ties go to the first in `order`."""
+    targets = [e.target for e in examples if e.target]
+    if not targets:
+        return None
+    best = max(order or sorted(set(targets)), key=targets.count)
+    return best, targets.count(best), len(targets)
+
+
 def majority_rate(examples: list[Example]) -> float | None:
     """The share of dev examples whose target is the most common one: the accuracy of always answering it."""
-    targets = [e.target for e in examples if e.target]
-    return max(map(targets.count, set(targets))) / len(targets) if targets else None
+    common = most_common_target(examples)
+    return common[1] / common[2] if common else None
 
 
 def majority_score(task: Task, examples: list[Example]) -> float | None:
     """The primary metric of always answering the most common dev label: the chance level of a run."""
-    targets = [e.target for e in examples if e.target]
-    if not task.labels or not targets:
+    common = most_common_target(examples, task.labels) if task.labels else None
+    if common is None:
         return None
-    majority = max(task.labels, key=targets.count)
-    return float(next(iter(task.metric([majority] * len(examples), examples).values())))
+    return float(next(iter(task.metric([common[0]] * len(examples), examples).values())))
 
 
 class Study:

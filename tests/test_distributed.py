@@ -4,9 +4,8 @@ RTE's labels differ in token length ("entailment" / "not_entailment"), so a loss
 rank would drift from the single-process one; the trainer divides by the global token count.
 The tiny backbones have no dropout, so any split of a batch computes the same step up to rounding.
 
-The tests that launch processes (about 6 minutes on 2 cores) are marked `multiprocess`: the default
-run leaves them out to stay under its time budget, and CI runs them as its second step
-(`python -m pytest -q -m multiprocess`).
+The tests that launch processes are marked `multiprocess`: the default run leaves them out to stay
+under its time budget, and CI runs them as its second step (`python -m pytest -q -m "multiprocess or slow"`).
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ def study(capsys, root: Path, *args) -> tuple[int, str]:
     return code, capsys.readouterr()[1]
 
 
+@pytest.mark.slow  # pretrains, then prompt-tunes each snapshot (~40 s): CI's second step runs it
 def test_lm_steps_trains_a_prompt_on_each_kept_checkpoint(capsys, tmp_path, lm_run, data_dir):
     code, err = study(capsys, tmp_path, "--lm-steps", lm_run, "--data-dir", data_dir)
     assert code == 0, err

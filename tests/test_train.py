@@ -141,7 +141,8 @@ def test_model_tuning_baseline_trains_every_weight(saved_backbone, tmp_path, dat
     assert load_prompt(result.output)[1].backbone == str((result.output / "backbone").resolve()), "defect 14: names the tuned backbone"
 
 
-@pytest.mark.parametrize("kind", ["t5"])  # one family: compiling costs about a minute on this CPU
+@pytest.mark.slow  # compiling costs about a minute on this CPU: CI's second step runs it
+@pytest.mark.parametrize("kind", ["t5"])  # one family
 def test_compiled_backbone_trains_like_eager(saved_backbone, tmp_path, data_dir):
     """--compile only changes speed: the same losses, dev metrics and prompt as the eager run."""
     graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]

@@ -259,3 +259,30 @@ def test_a_rank_that_dies_ends_the_job_instead_of_hanging(gpt2_dir, data_dir, tm
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
     assert code != 0 and time.monotonic() - started < 180, "the job ended, with an error, instead of waiting forever"
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"WORLD_SIZE": "2"}, "neither RANK nor SLURM_PROCID is set"),
+    ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK=2 lies outside WORLD_SIZE=2"),
+    ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not an integer"),
+    ({"WORLD_SIZE": "2", "RANK": "0"}, "MASTER_ADDR is not set"),
+])
+def test_a_launch_environment_that_describes_no_world_is_refused_in_one_line(env, message, monkeypatch):
+    from softprompt.distributed import join
+    from softprompt.errors import SoftpromptError
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SoftpromptError, match=message):
+        join("cpu")
+
+
+def test_one_gpu_named_for_several_ranks_is_refused(monkeypatch):
+    from softprompt.distributed import World, _rank_device
+    from softprompt.errors import SoftpromptError
+
+    with pytest.raises(SoftpromptError, match="would put every rank on one GPU"):
+        _rank_device("cuda:0", World(0, 2))
+    assert _rank_device("cpu", World(1, 2)) == "cpu" and _rank_device("cuda:0", World()) == "cuda:0"

@@ -28,7 +28,7 @@ def data(monkeypatch, data_dir):
     monkeypatch.setenv("SOFTPROMPT_DATA_DIR", str(data_dir))
 
 
-@pytest.fixture(scope="module", params=["t5", "gpt2", "llama"])
+@pytest.fixture(scope="module", params=["t5", "gpt2", pytest.param("llama", marks=pytest.mark.slow)])  # llama: CI's second step
 def saved(request, tmp_path_factory) -> tuple[str, Path]:
     path = tmp_path_factory.mktemp(f"tiny-{request.param}")
     model, tokenizer = tiny_backbone(request.param)

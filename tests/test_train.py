@@ -92,6 +92,7 @@ def run_cli(args, stderr_file: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "softprompt.cli", *args], stdout=subprocess.DEVNULL, stderr=stderr_file.open("w"))
 
 
+@pytest.mark.parametrize("kind", ["t5", pytest.param("gpt2", marks=pytest.mark.slow)])  # GPT-2's: in CI's second step
 @pytest.mark.parametrize("average", [[], ["--ema-decay", "0.9"]], ids=["last-step", "weight-average"])
 def test_resume_after_kill_equals_uninterrupted_run(saved_backbone, tmp_path, data_dir, average):
     common = ["train", "--model", str(saved_backbone), "--task", "cb", "--data-dir", str(data_dir), "--prompt-length", "4",

@@ -69,6 +69,26 @@ def seed_rank(seed: int, rank: int) -> None:
         seed_everything(seed + rank * RANK_SEED_STRIDE)
 
 
+def saved_random_states(world: dist.World) -> dict[str, Any]:
+    """Every rank's generators for a checkpoint (a collective: all ranks call it), with the world size they belong to."""
+    states = dist.gather(random_states())
+    return {"random": states[0], "world_size": world.size, **({"random_ranks": states} if world.distributed else {})}
+
+
+def restore_rank_random_states(saved: dict[str, Any], world: dist.World) -> None:
+    """This rank's generators from what `saved_random_states` kept (a one-process checkpoint keeps one set)."""
+    ranks = saved.get("random_ranks")
+    restore_random_states(ranks[world.rank] if ranks else saved["random"])
+
+
+def check_world_size(saved: dict[str, Any], world: dist.World, where: object) -> None:
+    """Refuse, in one line, a checkpoint saved by another number of processes: ranks and random states would not match."""
+    world_size = saved.get("world_size", 1)
+    if world_size != world.size:
+        raise SoftpromptError(f"{where}: saved by {world_size} process(es), resumed with {world.size}; "
+                              "resume with the same number of processes")
+
+
 class Trainer:
     """Runs the optimizer steps of one run.
 
@@ -107,25 +127,19 @@ class Trainer:
         self.step_count = saved["step"]
         self.optimizer.load_state_dict(saved["optimizer"])
         self.stream.seek(*saved["position"])
-        ranks = saved.get("random_ranks")
-        restore_random_states(ranks[self.world.rank] if ranks else saved["random"])
+        restore_rank_random_states(saved, self.world)
         objective.load_state(saved)
         return saved
 
     def check_world(self, saved: dict[str, Any]) -> None:
         """Refuse, before anything is written, a checkpoint saved by another number of processes."""
-        world_size = saved.get("world_size", 1)
-        if world_size != self.world.size:
-            raise SoftpromptError(f"{self.run.checkpoint_path}: saved by {world_size} process(es), resumed with {self.world.size}; "
-                                  f"resume with the same number of processes")
+        check_world_size(saved, self.world, self.run.checkpoint_path)
 
     def save(self, objective: Objective) -> None:
         """A checkpoint: every rank's random state is gathered (a collective: all ranks call this), rank 0 writes."""
-        states = dist.gather(random_states())
         self.run.save_checkpoint({
             "optimizer": self.optimizer.state_dict(), **objective.state_dict(), "step": self.step_count,
-            "position": self.stream.position(), "random": states[0], "world_size": self.world.size,
-            **({"random_ranks": states} if self.world.distributed else {}),
+            "position": self.stream.position(), **saved_random_states(self.world),
         })
 
     # ---- one step ---------------------------------------------------------------------------------

@@ -22,11 +22,11 @@ from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
 from ..backbones.base import label_nll
 from ..device import autocast, enable_tf32, pick_device, to_device, torch_dtype
-from ..distributed import SINGLE, World, any_rank, barrier, gather, join
+from ..distributed import SINGLE, World, any_rank, barrier, join
 from ..errors import SoftpromptError
 from ..files import append_jsonl, write_text_atomic
-from ..run import Stopper, config_differences, random_states, restore_random_states
-from ..trainer import Trainer
+from ..run import Stopper, config_differences
+from ..trainer import Trainer, check_world_size, restore_rank_random_states, saved_random_states
 from . import presets
 from . import tokenizer as tok_lib
 from .batches import WindowSampler, eval_batches, make_batch, prefetched, rows, stack
@@ -109,10 +109,7 @@ def _resume(config: PretrainConfig, out_dir: Path, device: torch.device, precisi
     if changed:
         raise SoftpromptError(f"{out_dir / STATE_FILE}: run was started with other settings ({', '.join(changed)}); "
                               "use a new output folder or the same settings")
-    saved_world = state.get("world_size", 1)
-    if saved_world != world.size:
-        raise SoftpromptError(f"{out_dir / STATE_FILE}: saved by {saved_world} process(es), resumed with {world.size}; "
-                              "resume with the same number of processes")
+    check_world_size(state, world, out_dir / STATE_FILE)
     log = read_log(out_dir, state["step"])
     if world.writer:
         write_text_atomic(out_dir / LOG_FILE, log_text(log))  # drop lines written after the checkpoint
@@ -173,8 +170,7 @@ class _Trainer:
             self.schedule.load_state_dict(state["schedule"])
             if state["scaler"]:
                 self.scaler.load_state_dict(state["scaler"])
-            ranks = state.get("random_ranks")
-            restore_random_states(ranks[world.rank] if ranks else state["random"])
+            restore_rank_random_states(state, world)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         # The one trainer's step (each rank's share of the batch, loss over the global batch's target tokens, backward,
         # DDP's reduction, loss scaling, clipping); this loop keeps its own folder format and schedule.
@@ -187,10 +183,9 @@ class _Trainer:
 
     def state(self) -> dict[str, Any]:
         run = self.run
-        states = gather(random_states())  # every rank's generators (a collective: all ranks call state())
         return {"format": STATE_FORMAT, "step": run.step, "optimizer": self.optimizer.state_dict(),
-                "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(), "random": states[0],
-                "world_size": self.world.size, **({"random_ranks": states} if self.world.distributed else {}),
+                "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
+                **saved_random_states(self.world),  # a collective: all ranks call state()
                 "config": asdict(run.config), "input_tokens": run.input_tokens, "target_tokens": run.target_tokens,
                 "elapsed_s": run.elapsed_s, "init_from": run.init_from}
 

@@ -183,6 +183,7 @@ class PeftLoop:
                  select: list[Example]):
         self.run, self.task, self.backbone, self.peft_model, self.prompted = run, task, backbone, peft_model, prompted
         self.select = select
+        self.features: dict[int, list[Features]] = {}  # each scored split tokenised once, not at every evaluation
         self.state: dict[str, Any] = {"best": {}, "best_step": -1, "evaluated_at": -1, "seconds": 0.0, "best_weights": None}
         self.started = time.perf_counter()
 
@@ -208,8 +209,10 @@ class PeftLoop:
         run, peft_model, task = self.run, self.peft_model, self.task
         peft_model.eval()
         if run.method.prompt_learning:
-            record = self.prompted.bank[task.name]
-            features = encode_all(self.backbone, task.name, record, examples, task.name, with_target=False)
+            if id(examples) not in self.features:
+                record = self.prompted.bank[task.name]
+                self.features[id(examples)] = encode_all(self.backbone, task.name, record, examples, task.name, with_target=False)
+            features = self.features[id(examples)]
             metrics = peft_evaluate(peft_model, self.backbone, task, features, examples, run.max_target_length, run.eval_batch_size)
         else:
             metrics = evaluate(self.prompted, task, examples, task.name, "rank", run.eval_batch_size)

@@ -28,7 +28,8 @@ def data(monkeypatch, data_dir):
     monkeypatch.setenv("SOFTPROMPT_DATA_DIR", str(data_dir))
 
 
-@pytest.fixture(scope="module", params=["t5", "gpt2", pytest.param("llama", marks=pytest.mark.slow)])  # llama: CI's second step
+@pytest.fixture(scope="module", params=["t5", pytest.param("gpt2", marks=pytest.mark.slow),
+                                        pytest.param("llama", marks=pytest.mark.slow)])  # gpt2, llama: CI's second step
 def saved(request, tmp_path_factory) -> tuple[str, Path]:
     path = tmp_path_factory.mktemp(f"tiny-{request.param}")
     model, tokenizer = tiny_backbone(request.param)
@@ -235,3 +236,29 @@ def test_a_peft_point_chooses_its_step_on_held_out_training_examples(t5_dir, dat
     assert result["score"] == result["dev_best"][result["metric"]] and "accuracy" in result["dev_last"]
     assert result["select_score"] == pytest.approx(round(result["select_score"] * 12) / 12), "scored on the 12 held-out examples"
     assert result["score"] == pytest.approx(round(result["score"] * 6) / 6), "dev: the 6 dev examples"
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("key", ["ptuning", "ia3"])  # PeftModel's own forward, and softprompt's adapter; neither has dropout
+def test_a_peft_point_on_two_processes_ends_as_on_one(key, t5_dir, data_dir, tmp_path):
+    """--nproc-per-point 2 for a PEFT point: a torchrun job of two gloo ranks, each with half of every batch, takes the
+    single-process steps (RTE's labels differ in token length), chooses the same step, and writes its folder once."""
+    from softprompt.studies.peft_runs import ADAPTER_DIR, CHECKPOINT_FILE, PEFT_METHODS, PeftRun, peft_processes, train_peft
+    from softprompt.tasks import load_task
+
+    method = next(m for m in PEFT_METHODS if m.key == key)
+    dev = load_task("rte").load("validation", data_dir)[:6]
+
+    def run(output: Path) -> PeftRun:
+        return PeftRun(method, str(t5_dir), "rte", output, 4, 4, 2, 0, 4, device="cpu", data_dir=str(data_dir), select_examples=12)
+
+    one = train_peft(run(tmp_path / "one"), dev)
+    two = peft_processes(run(tmp_path / "two"), 6, 2)
+    assert two["best_step"] == one["best_step"] and two["select_score"] == one["select_score"]
+    assert two["dev_best"] == one["dev_best"] and two["dev_last"] == one["dev_last"]
+    logs = [[json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in ("one", "two")]
+    assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]], "each log line written once"
+    assert [r["loss"] for r in logs[1]] == pytest.approx([r["loss"] for r in logs[0]], abs=1e-5)
+    a, b = (load_file(str(tmp_path / d / ADAPTER_DIR / "adapter_model.safetensors")) for d in ("one", "two"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert torch.load(tmp_path / "two" / CHECKPOINT_FILE, weights_only=False)["world_size"] == 2

@@ -93,7 +93,8 @@ def run_cli(args, stderr_file: Path) -> subprocess.Popen:
 
 
 @pytest.mark.parametrize("kind", ["t5", pytest.param("gpt2", marks=pytest.mark.slow)])  # GPT-2's: in CI's second step
-@pytest.mark.parametrize("average", [[], ["--ema-decay", "0.9"]], ids=["last-step", "weight-average"])
+@pytest.mark.parametrize("average", [[], pytest.param(["--ema-decay", "0.9"], marks=pytest.mark.slow)],  # in CI's second step
+                         ids=["last-step", "weight-average"])
 def test_resume_after_kill_equals_uninterrupted_run(saved_backbone, tmp_path, data_dir, average):
     common = ["train", "--model", str(saved_backbone), "--task", "cb", "--data-dir", str(data_dir), "--prompt-length", "4",
               "--max-steps", "24", "--batch-size", "4", "--eval-every", "10", "--eval-examples", "8",

@@ -132,18 +132,24 @@ class MethodsStudy(Study):
         return points
 
     def run_point(self, ctx: Context, point: Point) -> dict[str, Any]:
-        from .peft_runs import train_peft
+        """Train one point and record its score, counts and peak memory (not measured when the point ran as several processes)."""
+        from .peft_runs import peft_processes, train_peft
 
-        task = load_task(ctx.task)
+        task, nproc = load_task(ctx.task), ctx.config.nproc_per_point
         backbone, dev = ctx.backbone(point.model), ctx.dev_examples(task)  # loaded before memory is measured
         with PeakMemory(pick_device(ctx.config.device)) as memory:
             if point.config is not None:
                 record = training_record(ctx, point)
                 record.update(optimizer="Adafactor", lr=learning_rate(point.config, backbone),
                               stored_parameters=record["tuned_parameters"])
+            elif nproc > 1:
+                record = peft_processes(point.extra["run"], ctx.budget.eval_examples, nproc)
             else:
                 record = train_peft(point.extra["run"], dev)
+            if point.config is None:
                 record.update(optimizer="AdamW", lr=record["peft"]["lr"], chance=majority_score(task, dev))
+        if nproc > 1:  # this process only waited for the job: its growth is not the point's
+            memory.mb, memory.how = None, f"not measured ({nproc}-process point)"
         return {**record, "x": record["tuned_parameters"], "peak_memory_mb": memory.mb, "memory_measure": memory.how}
 
     def table(self, rows: list[Row], records: list[dict[str, Any]]) -> str:

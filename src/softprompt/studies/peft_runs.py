@@ -10,13 +10,19 @@ the backbone adapter lays out for its kind (`forward_batch`, `forward_nll`). Bot
 the virtual tokens sit directly before the real ones without position ids (which PEFT drops for
 P-tuning); a decoder-only tokenizer's BOS follows the virtual tokens.
 
-Every PEFT method trains with AdamW at a constant rate, as PEFT's examples do. A PEFT point trains on the one trainer (`softprompt.trainer`), as prompt and model tuning do: the same
-step, loss over the batch's target tokens, checkpoint every evaluation and exact resume.
+Every PEFT method trains with AdamW at a constant rate, as PEFT's examples do. A PEFT point trains on
+the one trainer (`softprompt.trainer`), as prompt and model tuning do: the same step, loss over the
+batch's target tokens, checkpoint every evaluation and exact resume. With `--nproc-per-point N` a
+point is a `torchrun` job of N ranks (`peft_processes`, which starts this module's `main`): the
+method's few weights are summed over ranks once per step as the prompt bank's are, the selection
+and dev scores are sharded and gathered, and rank 0 alone writes.
 """
 
 from __future__ import annotations
 
 import json
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -34,13 +40,13 @@ from ..backbones import Backbone, BackboneSpec, load_backbone
 from ..config import PromptConfig, TrainConfig
 from ..data import BatchStream, Features, collate, encode_all
 from ..device import to_device
-from ..distributed import SINGLE
+from ..distributed import SINGLE, World, gather, join, shard, unshard
 from ..errors import SoftpromptError
 from ..evaluate import best_candidate, evaluate
 from ..model import PromptedModel, prompt_metadata
 from ..run import RESULT_FILE, RunDir, Stopper, seed_everything
 from ..tasks import Example, Task, hold_out, load_task, require_examples, resolve_data_dir
-from ..trainer import Trainer
+from ..trainer import Trainer, seed_rank
 
 ADAPTER_DIR, CHECKPOINT_FILE = "adapter", "checkpoint.pt"
 
@@ -146,11 +152,19 @@ def peft_rank_scores(peft_model: PeftModel, backbone: Backbone, inputs: Sequence
 
 
 def peft_evaluate(peft_model: PeftModel, backbone: Backbone, task: Task, features: list[Features], examples: list[Example],
-                  max_target_length: int, batch_size: int) -> dict[str, float]:
-    """Rank classification over each example's candidates, scored by the task's metric."""
-    options = [[backbone.target_ids(c, max_target_length) for c in e.candidates] for e in examples]
-    scores = peft_rank_scores(peft_model, backbone, [f.input_ids for f in features], options, batch_size)
-    return task.metric([best_candidate(e.candidates, row) for e, row in zip(examples, scores)], examples)
+                  max_target_length: int, batch_size: int, world: World = SINGLE) -> dict[str, float]:
+    """Rank classification over each example's candidates, scored by the task's metric.
+
+    On several ranks each scores its share and the choices are gathered back in order, so every rank
+    computes the same metrics (and keeps the same best step).
+    """
+    mine = shard(list(range(len(examples))), world)
+    options = [[backbone.target_ids(c, max_target_length) for c in examples[i].candidates] for i in mine]
+    scores = peft_rank_scores(peft_model, backbone, [features[i].input_ids for i in mine], options, batch_size)
+    chosen = [best_candidate(examples[i].candidates, row) for i, row in zip(mine, scores)]
+    if world.distributed:
+        chosen = unshard(gather(chosen))
+    return task.metric(chosen, examples)
 
 
 def _plain(value: Any) -> Any:
@@ -180,9 +194,9 @@ class PeftLoop:
     """
 
     def __init__(self, run: PeftRun, task: Task, backbone: Backbone, peft_model: PeftModel, prompted: PromptedModel,
-                 select: list[Example]):
+                 select: list[Example], world: World = SINGLE):
         self.run, self.task, self.backbone, self.peft_model, self.prompted = run, task, backbone, peft_model, prompted
-        self.select = select
+        self.select, self.world = select, world
         self.features: dict[int, list[Features]] = {}  # each scored split tokenised once, not at every evaluation
         self.state: dict[str, Any] = {"best": {}, "best_step": -1, "evaluated_at": -1, "seconds": 0.0, "best_weights": None}
         self.started = time.perf_counter()
@@ -213,9 +227,10 @@ class PeftLoop:
                 record = self.prompted.bank[task.name]
                 self.features[id(examples)] = encode_all(self.backbone, task.name, record, examples, task.name, with_target=False)
             features = self.features[id(examples)]
-            metrics = peft_evaluate(peft_model, self.backbone, task, features, examples, run.max_target_length, run.eval_batch_size)
+            metrics = peft_evaluate(peft_model, self.backbone, task, features, examples, run.max_target_length,
+                                    run.eval_batch_size, self.world)
         else:
-            metrics = evaluate(self.prompted, task, examples, task.name, "rank", run.eval_batch_size)
+            metrics = evaluate(self.prompted, task, examples, task.name, "rank", run.eval_batch_size, world=self.world)
         peft_model.train()
         return metrics
 
@@ -225,7 +240,8 @@ class PeftLoop:
         best = self.state["best"]
         if not best or next(iter(metrics.values())) > next(iter(best.values())):
             self.state.update(best=metrics, best_step=step, best_weights=self.trainable())
-            self.peft_model.save_pretrained(self.run.output / ADAPTER_DIR)
+            if self.world.writer:
+                self.peft_model.save_pretrained(self.run.output / ADAPTER_DIR)
 
     def dev_at_best_and_last(self, dev: list[Example]) -> tuple[dict[str, float], dict[str, float]]:
         """Dev metrics at the chosen step and at the last one (the trained weights are put back after)."""
@@ -248,12 +264,15 @@ class PeftLoop:
         self.started = time.perf_counter()
 
 
-def train_peft(run: PeftRun, dev_examples: list[Example]) -> dict[str, Any]:
-    """Train one PEFT point on the one trainer (resuming it from its checkpoint), or read its finished result."""
+def train_peft(run: PeftRun, dev_examples: list[Example], world: World = SINGLE) -> dict[str, Any]:
+    """Train one PEFT point on the one trainer (resuming it from its checkpoint), or read its finished result.
+
+    `world`: the ranks of a `torchrun` job this process is one of (`peft_processes`); `run.device` is this rank's.
+    """
     if (run.output / RESULT_FILE).is_file():
         return json.loads((run.output / RESULT_FILE).read_text(encoding="utf-8"))
     folder = RunDir(run.output, {**run.describe(), "model": run.model, "task": run.task}, {"output", "steps"}, resume=True,
-                    markers=(CHECKPOINT_FILE,), checkpoint_name=CHECKPOINT_FILE)
+                    markers=(CHECKPOINT_FILE,), checkpoint_name=CHECKPOINT_FILE, writer=world.writer)
     folder.check()
     task = load_task(run.task)
     data_dir = resolve_data_dir(run.data_dir)
@@ -262,16 +281,17 @@ def train_peft(run: PeftRun, dev_examples: list[Example]) -> dict[str, Any]:
     if run.select_examples:
         train_examples, select = hold_out(train_examples, run.select_examples, task.describe("train", data_dir))
     seed_everything(run.seed)
-    backbone, peft_model, prompted = build(run, task)
+    backbone, peft_model, prompted = build(run, task)  # the method's initial weights: the same on every rank
+    seed_rank(run.seed, world.rank)  # then each rank its own dropout
     record = prompted.bank[task.name]
     features = encode_all(backbone, task.name, record, train_examples, f"{task.name} train")
     stream = BatchStream(features, run.batch_size, run.seed, group_by_length=True)
     params = [p for p in peft_model.parameters() if p.requires_grad]
-    trainer = Trainer(folder, SINGLE, stream, torch.optim.AdamW(params, lr=run.method.lr), params, device=backbone.device)
-    loop = PeftLoop(run, task, backbone, peft_model, prompted, select)
+    trainer = Trainer(folder, world, stream, torch.optim.AdamW(params, lr=run.method.lr), params, device=backbone.device)
+    loop = PeftLoop(run, task, backbone, peft_model, prompted, select, world)
     peft_model.train()
     trainer.start(loop)
-    stopper = Stopper(run.steps, None, trainer.step_count, run.method.key, progress=False)
+    stopper = Stopper(run.steps, None, trainer.step_count, run.method.key, progress=False)  # agreed by the ranks in `fit`
     trainer.fit(loop, stopper, log_every=min(10, run.eval_every), eval_every=run.eval_every, checkpoint_every=run.eval_every)
     stopper.close()
     if loop.state["evaluated_at"] != trainer.step_count:  # the last step (or, with zero steps, the untrained method)
@@ -291,3 +311,57 @@ def train_peft(run: PeftRun, dev_examples: list[Example]) -> dict[str, Any]:
               "peft": run.describe(), "peft_config": json.loads(json.dumps(peft_model.active_peft_config.to_dict(), default=_plain))}
     folder.write_result(result)
     return result
+
+
+# ---- one point as several processes ----------------------------------------------------------
+def peft_processes(run: PeftRun, eval_examples: int | None, nproc: int) -> dict[str, Any]:
+    """Train (or resume) `run` as one `torchrun` job of `nproc` ranks; its result, scored on dev's first `eval_examples`.
+
+    The run travels as a JSON file to `python -m softprompt.studies.peft_runs` (`main`) on each rank.
+    Raises SoftpromptError with the job's first error line when it fails.
+    """
+    from .runs import torchrun
+
+    if (run.output / RESULT_FILE).is_file():
+        return json.loads((run.output / RESULT_FILE).read_text(encoding="utf-8"))
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = Path(tmp) / "peft_run.json"
+        fields = {**{k: getattr(run, k) for k in run.__dataclass_fields__}, "method": run.method.key, "output": str(run.output)}
+        spec.write_text(json.dumps({"run": fields, "eval_examples": eval_examples}), encoding="utf-8")
+        torchrun(["-m", "softprompt.studies.peft_runs", str(spec)], run.output, nproc)
+    if not (run.output / RESULT_FILE).is_file():
+        raise SoftpromptError(f"{run.output}: the {nproc}-process PEFT run ended without a result")
+    return json.loads((run.output / RESULT_FILE).read_text(encoding="utf-8"))
+
+
+def run_on_rank(spec_path: str) -> None:
+    """One rank of `peft_processes`' job: join the world, load dev as the study does, train."""
+    from ..cli import on_every_rank
+
+    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
+    fields = spec["run"]
+    method = next(m for m in PEFT_METHODS if m.key == fields["method"])
+    run = PeftRun(**{**fields, "method": method, "output": Path(fields["output"])})
+    task, data_dir = load_task(run.task), resolve_data_dir(run.data_dir)
+    dev = require_examples(task, "validation", data_dir, task.load("validation", data_dir)[: spec["eval_examples"]])
+
+    def work() -> dict[str, Any]:
+        world, device = join(run.device)
+        return train_peft(replace(run, device=device), dev, world)
+
+    on_every_rank(work)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m softprompt.studies.peft_runs SPEC.json`: a failure is one line on stderr and exit 2, as the CLI's."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        run_on_rank(args[0])
+    except SoftpromptError as err:
+        print(f"softprompt: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -129,15 +129,23 @@ def train_processes(config: TrainConfig, nproc: int) -> TrainResult:
     with tempfile.TemporaryDirectory() as tmp:
         spec = Path(tmp) / RUN_FILE
         spec.write_text(json.dumps(normalised(config)), encoding="utf-8")
-        log = Path(tmp) / "job.log"
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-                   "-m", "softprompt", "train", "--config", str(spec), "--resume", "--quiet"]
-        with log.open("w") as out:
-            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
-        if code != 0:
-            lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if "error" in line.lower()]
-            raise SoftpromptError(f"{config.output}: the {nproc}-process run failed ({lines[0] if lines else f'exit {code}'})")
+        torchrun(["-m", "softprompt", "train", "--config", str(spec), "--resume", "--quiet"], config.output, nproc)
     result = finished_result(config)
     if result is None:
         raise SoftpromptError(f"{config.output}: the {nproc}-process run ended without a finished result")
     return result
+
+
+def torchrun(args: list[str], output: str | os.PathLike, nproc: int) -> None:
+    """Run `python ARGS` as a `torchrun --standalone` job of `nproc` processes (one torch thread each); returns when it ends.
+
+    Raises SoftpromptError naming `output` and the job's first error line when it fails.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "job.log"
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), *args]
+        with log.open("w") as out:
+            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
+        if code != 0:
+            lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if "error" in line.lower()]
+            raise SoftpromptError(f"{output}: the {nproc}-process run failed ({lines[0] if lines else f'exit {code}'})")

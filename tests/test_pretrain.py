@@ -375,7 +375,7 @@ def test_a_format_1_trainer_state_still_resumes_exactly(cache_dir, tokenizer_dir
 def test_resume_refuses_other_settings_but_takes_a_new_time_limit(cache_dir, tokenizer_dir, tmp_path):
     config = tiny_config(steps=4)
     pretrain(config, cache_dir, tmp_path / "run", tokenizer_dir=tokenizer_dir, stop_at=1)
-    with pytest.raises(SoftpromptError, match=r"other settings \(lr, precision\)"):
+    with pytest.raises(SoftpromptError, match=r"holds a different run \(lr, precision differ\)"):
         pretrain(tiny_config(steps=4, lr=1e-3, precision="bf16"), cache_dir, tmp_path / "run", tokenizer_dir=tokenizer_dir)
     resumed = pretrain(tiny_config(steps=4, max_minutes=60, log_every=1), cache_dir, tmp_path / "run", tokenizer_dir=tokenizer_dir,
                        stop_at=2)
@@ -383,6 +383,15 @@ def test_resume_refuses_other_settings_but_takes_a_new_time_limit(cache_dir, tok
     (tmp_path / "run" / STATE_FILE).write_bytes(b"torn")
     with pytest.raises(SoftpromptError, match="unreadable trainer state"):
         pretrain(config, cache_dir, tmp_path / "run", tokenizer_dir=tokenizer_dir)
+
+
+def test_a_folder_holding_something_else_is_refused_and_left_as_it_is(cache_dir, tokenizer_dir, tmp_path):
+    """The run folder is a RunDir: a folder with other files in it is not taken for a new run, and nothing is written."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(SoftpromptError, match="run is not empty and holds no softprompt run"):
+        pretrain(tiny_config(steps=2), cache_dir, tmp_path / "run", tokenizer_dir=tokenizer_dir)
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["notes.txt"]
 
 
 def test_bf16_autocast_runs_on_the_cpu_when_asked(cache_dir, tokenizer_dir, tmp_path):

@@ -81,15 +81,19 @@ class RunDir:
 
     A folder holding only `run.json` (a run that failed before its first checkpoint) is taken as
     not started: a new run or a resume may replace it, and nothing saved is lost.
+    `log_name`, `result_name`: the folder's log and result files. `run_file` None: no `run.json`,
+    the config is kept in the checkpoint instead (`saved_config`), as pretraining's folder does.
     """
 
     def __init__(self, output: str | os.PathLike, config: dict[str, Any], resumable: Iterable[str], resume: bool,
-                 markers: Iterable[str], checkpoint_name: str, writer: bool = True):
+                 markers: Iterable[str], checkpoint_name: str, writer: bool = True, log_name: str = LOG_FILE,
+                 result_name: str = RESULT_FILE, run_file: str | None = RUN_FILE):
         self.output = Path(output)
         self.config, self.resumable, self.resume = config, set(resumable), resume
         self.markers, self.writer = tuple(markers), writer
         self.checkpoint_path = self.output / checkpoint_name
-        self.log_path = self.output / LOG_FILE
+        self.log_path, self.result_path = self.output / log_name, self.output / result_name
+        self.run_file = run_file
 
     @property
     def started(self) -> bool:
@@ -98,19 +102,24 @@ class RunDir:
     def check(self) -> None:
         """Refuse to mix two runs in one directory; allow resuming the same run. Writes nothing."""
         check_writable(self.output)
-        run_file = self.output / RUN_FILE
-        if run_file.is_file() and self.started:
+        if self.started and (self.run_file is None or (self.output / self.run_file).is_file()):
             if not self.resume:
                 raise SoftpromptError(f"{self.output} already holds a run; pass --resume to continue it, or choose another --output")
-            try:
-                saved = json.loads(run_file.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                raise SoftpromptError(f"{run_file}: corrupt run config ({err})") from None
-            differing = config_differences(saved, self.config, self.resumable)
+            differing = config_differences(self.saved_config(), self.config, self.resumable)
             if differing:
                 raise SoftpromptError(f"{self.output} holds a different run ({', '.join(differing)} differ); choose another --output")
-        elif self.output.is_dir() and any(p.name not in (RUN_FILE, LOG_FILE, RESULT_FILE) for p in self.output.iterdir()):
-            raise SoftpromptError(f"{self.output} is not empty and holds no softprompt run; choose another --output")
+        elif self.output.is_dir():
+            own = {self.run_file, self.log_path.name, self.result_path.name}
+            if any(p.name not in own for p in self.output.iterdir()):
+                raise SoftpromptError(f"{self.output} is not empty and holds no softprompt run; choose another --output")
+
+    def saved_config(self) -> dict[str, Any]:
+        """The config the run in the folder was started with (its `run.json`)."""
+        run_file = self.output / self.run_file
+        try:
+            return json.loads(run_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise SoftpromptError(f"{run_file}: corrupt run config ({err})") from None
 
     def start(self, check: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
         """Write `run.json` and return the checkpoint to resume from (None for a fresh start).
@@ -133,7 +142,8 @@ class RunDir:
             self.log_path.unlink(missing_ok=True)
         else:
             self.truncate_log(state["step"])
-        write_json_atomic(self.output / RUN_FILE, self.config)
+        if self.run_file is not None:
+            write_json_atomic(self.output / self.run_file, self.config)
         return state
 
     def load_checkpoint(self) -> dict[str, Any] | None:
@@ -162,7 +172,7 @@ class RunDir:
 
     def write_result(self, result: dict[str, Any]) -> None:
         if self.writer:
-            write_json_atomic(self.output / RESULT_FILE, result)
+            write_json_atomic(self.result_path, result)
 
 
 class Stopper:

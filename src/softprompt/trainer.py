@@ -92,8 +92,9 @@ def check_world_size(saved: dict[str, Any], world: dist.World, where: object) ->
 class Trainer:
     """Runs the optimizer steps of one run.
 
-    `run` and `stream` may be None for a loop that hands each batch to `step` and keeps its own folder
-    (pretraining, for now): then only `step` is used.
+    `run` and `stream` may be None for a loop that hands each batch to `step` and checkpoints itself:
+    pretraining, whose batches are a function of the step and whose checkpoint (a `RunDir` too, its
+    whole folder) also holds the model, the schedule and the loss scaler. Then only `step` is used.
     """
 
     def __init__(self, run: RunDir | None, world: dist.World, stream: Stream | None, optimizer: torch.optim.Optimizer,

@@ -11,6 +11,10 @@ inside it would not survive the next one.
 Each checkpoint is built in a temporary folder and swapped in by rename, so a crash leaves the
 previous checkpoint whole. `trainer_state.pt` holds tensors and plain values only, so it loads
 with `weights_only=True`.
+
+The folder is a `RunDir` (the run component every training loop uses: the resume check against
+the saved settings, the log trimmed to the checkpoint on resume, one writer rank) whose checkpoint
+is the whole folder rather than one file: `PretrainFolder`.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +32,9 @@ from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
 from ..errors import SoftpromptError
 from ..files import atomic_folder, recover_folder, write_json_atomic
+from ..run import RunDir
 from . import tokenizer as tok_lib
+from .config import RESUMABLE
 
 STATE_FILE, LOG_FILE, SUMMARY_FILE = "trainer_state.pt", "train_log.jsonl", "pretrain_summary.json"
 SNAPSHOT_FILE = "snapshot.json"
@@ -96,45 +103,47 @@ def is_complete(out_dir: str | os.PathLike) -> bool:
     return bool(summary and summary.get("complete"))
 
 
-def read_log(out_dir: Path, up_to_step: int) -> list[dict]:
-    """Log records of a run up to its checkpoint (lines written after it are dropped, they will be redone)."""
-    path = out_dir / LOG_FILE
-    if not path.is_file():
-        return []
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [r for r in records if r.get("step", 0) <= up_to_step]
+class PretrainFolder(RunDir):
+    """A pretraining run folder: its settings live in `trainer_state.pt`, its checkpoint is the whole folder.
 
+    `model` and `tokenizer` must be set before the first checkpoint: each checkpoint writes them,
+    the trainer state, and the log and summary so far into a temporary folder that then replaces the run's.
+    """
 
-def log_text(log: list[dict]) -> str:
-    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in log)
+    def __init__(self, out_dir: str | os.PathLike, config: dict[str, Any], writer: bool = True):
+        super().__init__(out_dir, config, RESUMABLE, resume=True, markers=(STATE_FILE,), checkpoint_name=STATE_FILE,
+                         writer=writer, log_name=LOG_FILE, result_name=SUMMARY_FILE, run_file=None)
+        self.model: T5ForConditionalGeneration | None = None
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self._state: dict[str, Any] | None = None  # read once for the settings check and the resume
 
+    @property
+    def started(self) -> bool:
+        if self.writer:
+            recover_folder(self.output)  # a crash between the renames of a checkpoint's swap
+        return super().started
 
-def check_new_out_dir(out_dir: Path) -> None:
-    """A new run may start in a missing or empty folder, or one holding only the log of a run that never checkpointed."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise SoftpromptError(f"{out_dir}: is a file, not a run folder; choose a new folder")
-    if out_dir.exists() and any(p.name != LOG_FILE for p in out_dir.iterdir()):
-        raise SoftpromptError(f"{out_dir}: exists and is not a pretraining run ({STATE_FILE} missing); choose a new folder")
+    def saved_config(self) -> dict[str, Any]:
+        return self.load_checkpoint()["config"]
 
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        if self._state is None and self.checkpoint_path.is_file():
+            self._state = load_state(self.output)
+        return self._state
 
-def prepare_out_dir(out_dir: Path) -> None:
-    """Create a new run's folder, dropping the log of an earlier attempt that never checkpointed."""
-    check_new_out_dir(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / LOG_FILE).unlink(missing_ok=True)
-
-
-def save_checkpoint(out_dir: Path, model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerBase,
-                    state: dict, log: list[dict], summary: dict | None = None) -> None:
-    """Model, tokenizer, trainer state, log (and summary) in a temporary folder, then swapped in."""
-    with atomic_folder(out_dir) as tmp:
-        model.save_pretrained(tmp)
-        tok_lib.save_tokenizer(tokenizer, tmp)
-        ranks = {"random_ranks": [_portable(r) for r in state["random_ranks"]]} if state.get("random_ranks") else {}
-        torch.save({**state, "random": _portable(state["random"]), **ranks}, tmp / STATE_FILE)
-        (tmp / LOG_FILE).write_text(log_text(log), encoding="utf-8")
-        if summary is not None:
-            write_json_atomic(tmp / SUMMARY_FILE, summary)
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Model, tokenizer, trainer state, log and summary in a temporary folder, then swapped in."""
+        self._state = None
+        if not self.writer:
+            return
+        with atomic_folder(self.output) as tmp:
+            self.model.save_pretrained(tmp)
+            tok_lib.save_tokenizer(self.tokenizer, tmp)
+            ranks = {"random_ranks": [_portable(r) for r in state["random_ranks"]]} if state.get("random_ranks") else {}
+            torch.save({**state, "random": _portable(state["random"]), **ranks}, tmp / STATE_FILE)
+            for path in (self.log_path, self.result_path):
+                if path.is_file():
+                    shutil.copyfile(path, tmp / path.name)
 
 
 def snapshots_dir(out_dir: str | os.PathLike) -> Path:

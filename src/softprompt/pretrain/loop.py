@@ -1,10 +1,11 @@
 """The one pretraining loop, for span corruption and for LM adaptation (prefix LM).
 
-A call trains one stage into a run folder (checkpoint.py: a Hugging Face checkpoint plus the
-trainer state), resuming it exactly when it holds an unfinished run. Batches depend only on
-(seed, step), so the data position is the step. The shared run pieces decide the rest: the
-device and precision (device.py), the resume check, the stop rule and progress bar, and the
-random states (run.py).
+A call trains one stage into a run folder (checkpoint.py's `PretrainFolder`: a Hugging Face
+checkpoint plus the trainer state, on the run component's `RunDir`), resuming it exactly when it
+holds an unfinished run. Batches depend only on (seed, step), so the data position is the step.
+The shared pieces decide the rest: the device and precision (device.py), the resume check, the
+log and the writer rank (run.py's `RunDir`), the stop rule and progress bar, the step and the
+random states of every rank (trainer.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,30 +25,13 @@ from ..backbones.base import label_nll
 from ..device import autocast, enable_tf32, pick_device, to_device, torch_dtype
 from ..distributed import SINGLE, World, any_rank, barrier, join
 from ..errors import SoftpromptError
-from ..files import append_jsonl, write_text_atomic
-from ..run import Stopper, config_differences
+from ..run import Stopper
 from ..trainer import Trainer, check_world_size, restore_rank_random_states, saved_random_states
 from . import presets
 from . import tokenizer as tok_lib
 from .batches import WindowSampler, eval_batches, make_batch, prefetched, rows, stack
-from .checkpoint import (
-    LOG_FILE,
-    STATE_FILE,
-    STATE_FORMAT,
-    check_new_out_dir,
-    check_vocab,
-    is_complete,
-    is_run,
-    load_model,
-    load_state,
-    log_text,
-    prepare_out_dir,
-    read_log,
-    read_summary,
-    save_checkpoint,
-    save_snapshot,
-)
-from .config import RESUMABLE, PretrainConfig
+from .checkpoint import STATE_FORMAT, PretrainFolder, check_vocab, is_complete, load_model, read_summary, save_snapshot
+from .config import PretrainConfig
 from .corpus import CorpusCache, load_cache
 from .evaluation import evaluate
 from .objectives import Batch, PrefixLM, SpanCorruption, SpanCorruptionConfig
@@ -87,14 +71,13 @@ class _Run:
     """Everything a training call works on; the counters are saved in the trainer state."""
 
     config: PretrainConfig
-    out_dir: Path
+    folder: PretrainFolder
     model: T5ForConditionalGeneration
     tokenizer: PreTrainedTokenizerBase
     device: torch.device
     precision: str
     cache: CorpusCache | None = None
     cache_dir: str = ""
-    log: list[dict] = field(default_factory=list)
     init_from: str | None = None
     step: int = 0
     input_tokens: int = 0
@@ -102,49 +85,52 @@ class _Run:
     elapsed_s: float = 0.0
 
 
-def _resume(config: PretrainConfig, out_dir: Path, device: torch.device, precision: str, world: World) -> tuple[_Run, dict]:
-    """The unfinished run in `out_dir` and its trainer state; refuses one started with other settings or world size."""
-    state = load_state(out_dir)
-    changed = config_differences(state["config"], asdict(config), RESUMABLE)
-    if changed:
-        raise SoftpromptError(f"{out_dir / STATE_FILE}: run was started with other settings ({', '.join(changed)}); "
-                              "use a new output folder or the same settings")
-    check_world_size(state, world, out_dir / STATE_FILE)
-    log = read_log(out_dir, state["step"])
-    if world.writer:
-        write_text_atomic(out_dir / LOG_FILE, log_text(log))  # drop lines written after the checkpoint
-    run = _Run(config, out_dir, load_model(out_dir), tok_lib.load_tokenizer(out_dir), device, precision, log=log,
+def _resume(config: PretrainConfig, folder: PretrainFolder, device: torch.device, precision: str,
+            world: World) -> tuple[_Run, dict]:
+    """The unfinished run in `folder` and its trainer state; refuses one saved by another number of processes.
+
+    Its settings were checked against `config` by `folder.check()`; rank 0 trims the log to the checkpoint.
+    """
+    state = folder.start(check=lambda saved: check_world_size(saved, world, folder.checkpoint_path))
+    out_dir = folder.output
+    run = _Run(config, folder, load_model(out_dir), tok_lib.load_tokenizer(out_dir), device, precision,
                init_from=state.get("init_from"), step=state["step"], input_tokens=state["input_tokens"],
                target_tokens=state["target_tokens"], elapsed_s=state["elapsed_s"])
     return run, state
 
 
-def _new(config: PretrainConfig, out_dir: Path, device: torch.device, precision: str,
+def _new(config: PretrainConfig, folder: PretrainFolder, device: torch.device, precision: str,
          tokenizer_dir: str | os.PathLike | None, init_from: str | os.PathLike | None) -> _Run:
+    """A new run (its folder not yet made: `pretrain` makes it once every input is checked)."""
     if config.objective == "lm-adapt" and init_from is None:
         raise SoftpromptError("PretrainConfig.objective='lm-adapt' needs init_from: a span-corruption checkpoint folder")
     tokenizer_dir = tokenizer_dir if tokenizer_dir is not None else init_from
     if tokenizer_dir is None:
         raise SoftpromptError("pretrain needs tokenizer_dir (or init_from, a checkpoint holding its tokenizer)")
-    check_new_out_dir(out_dir)
     model = load_model(init_from) if init_from is not None else None
     tokenizer = tok_lib.load_tokenizer(tokenizer_dir)
     if model is None:
         model = presets.build_model(config.model, len(tokenizer), config.seed)
     check_vocab(model, tokenizer, f"tokenizer {tokenizer_dir}, model {init_from or 'new ' + config.model}")
-    return _Run(config, out_dir, model, tokenizer, device, precision, init_from=str(init_from) if init_from else None)
+    return _Run(config, folder, model, tokenizer, device, precision, init_from=str(init_from) if init_from else None)
 
 
 def _start(config: PretrainConfig, cache_dir: str | os.PathLike, out_dir: Path, tokenizer_dir: str | os.PathLike | None,
            init_from: str | os.PathLike | None, world: World, device_name: str) -> tuple[_Run, dict | None]:
-    """Load a run to resume, or set up a new one (its folder not yet made); returns (run, trainer state or None)."""
+    """Load a run to resume, or set up a new one (its folder not yet made); returns (run, trainer state or None).
+
+    Raises SoftpromptError for a folder that holds something else, or a run started with other settings.
+    """
     device = pick_device(device_name)
     precision = forward_precision(config.precision, device)
-    if is_run(out_dir):
-        run, state = _resume(config, out_dir, device, precision, world)
+    folder = PretrainFolder(out_dir, asdict(config), writer=world.writer)
+    folder.check()
+    if folder.started:
+        run, state = _resume(config, folder, device, precision, world)
         check_vocab(run.model, run.tokenizer, str(out_dir))
     else:
-        run, state = _new(config, out_dir, device, precision, tokenizer_dir, init_from), None
+        run, state = _new(config, folder, device, precision, tokenizer_dir, init_from), None
+    folder.model, folder.tokenizer = run.model, run.tokenizer
     run.cache, run.cache_dir = load_cache(cache_dir, run.tokenizer), str(cache_dir)
     return run, state
 
@@ -190,14 +176,13 @@ class _Trainer:
                 "elapsed_s": run.elapsed_s, "init_from": run.init_from}
 
     def checkpoint(self, summary: dict | None = None) -> None:
-        state = self.state()
-        if self.world.writer:
-            save_checkpoint(self.run.out_dir, self.model, self.run.tokenizer, state, self.run.log, summary)
+        """Every rank's random state is gathered (a collective), rank 0 writes; the summary after the checkpoint it describes."""
+        self.run.folder.save_checkpoint(self.state())
+        if summary is not None:
+            self.run.folder.write_result(summary)
 
     def record(self, entry: dict) -> None:
-        self.run.log.append(entry)
-        if self.world.writer:
-            append_jsonl(self.run.out_dir / LOG_FILE, entry)
+        self.run.folder.log(entry)
 
     def evaluate(self) -> dict:
         run = self.run
@@ -264,7 +249,7 @@ class _Trainer:
                 if run.step % c.checkpoint_every == 0:
                     self.checkpoint()
                 if c.snapshot_every and run.step % c.snapshot_every == 0 and self.world.writer:
-                    save_snapshot(run.out_dir, self.model, run.tokenizer, run.step, c.objective)
+                    save_snapshot(run.folder.output, self.model, run.tokenizer, run.step, c.objective)
         finally:
             stopper.close()
         if self.loss_count:  # steps since the last record, when stopped early
@@ -332,14 +317,14 @@ def pretrain(config: PretrainConfig, cache_dir: str | os.PathLike, out_dir: str 
     run, state = _start(config, cache_dir, out_dir, tokenizer_dir, init_from, world, device_name)
     objective = make_objective(config, run.tokenizer)
     trainer = _Trainer(run, state, objective, _validation_batches(run, objective, cache_dir), world)
-    if state is None and world.writer:  # every input checked: only now is a new run's folder made
-        prepare_out_dir(out_dir)
+    if state is None:  # every input checked: only now is a new run's folder made (by rank 0)
+        run.folder.start()
     barrier()
     last = min(config.steps, stop_at) if stop_at is not None else config.steps
     train_loss, evaluation = trainer.train(last)
     if evaluation.get("step") != run.step:
         evaluation = trainer.evaluate()
-        run.log.append(evaluation)
+        trainer.record(evaluation)
     summary = _summary(run, run.step >= config.steps, train_loss, {k: v for k, v in evaluation.items() if k != "step"},
                        objective.window_length, command)
     trainer.checkpoint(summary)

@@ -393,3 +393,27 @@ def test_majority_rate_and_score_count_the_most_common_dev_target():
     assert majority_rate(examples) == pytest.approx(2 / 3)  # the unlabeled example is not counted
     assert majority_score(task, examples[:3]) == pytest.approx(next(iter(task.metric(["positive"] * 3, examples[:3]).values())))
     assert majority_rate([]) is None and majority_score(task, [Example("x", "")]) is None
+
+
+def test_a_study_saved_before_select_examples_is_the_one_select_examples_0_makes(tmp_path):
+    """A study.json from before --select-examples (chosen on dev) compares equal to `--select-examples 0`'s form, and
+    the command the report prints for it says `--select-examples 0`: the default now holds examples out of training."""
+    from dataclasses import replace
+
+    from softprompt.run import config_differences
+    from softprompt.studies.config import resolve_budget, saved_form
+    from softprompt.studies.folder import comparable
+    from softprompt.studies.runner import command_line
+
+    config = StudyConfig(name="init", quick=True, model=("packaged:t5-nano-lm-adapted",), task="sst2", select_examples=0,
+                         data_dir="../shared/data")
+    now = saved_form(config, resolve_budget(config), {})
+    old = {k: v for k, v in now.items() if k not in ("select_examples", "given")}
+    old["budget"] = {k: v for k, v in now["budget"].items() if k != "select_examples"}
+    assert now["budget"]["select_examples"] is None
+    assert config_differences(comparable(old), comparable(now), ()) == []
+    assert "--select-examples 0" in command_line(old, tmp_path) and "--select-examples 0" in command_line(now, tmp_path)
+    default_config = replace(config, select_examples=None)
+    default = saved_form(default_config, resolve_budget(default_config), {})
+    assert config_differences(comparable(old), comparable(default), ()) == ["budget.select_examples"]
+    assert "--select-examples" not in command_line(default, tmp_path)

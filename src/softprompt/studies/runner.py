@@ -150,6 +150,8 @@ def command_line(saved: dict[str, Any], root: Path) -> str:
         value = saved.get(key)
         if value is not None and not isinstance(value, dict):
             parts += [f"--{key.replace('_', '-')}", str(value)]
+    if saved.get("select_examples") is None and (saved.get("budget") or {}).get("select_examples") is None:
+        parts += ["--select-examples", "0"]  # chosen on dev, which is no longer the default
     parts += [piece for prompt in saved.get("prompt") or [] for piece in ("--prompt", prompt)]
     return shlex.join([*parts, "--output", str(root)])
 

@@ -118,6 +118,15 @@ class ObjectiveStudy(Study):
     def plot(self, rows: list[Row], path: Path, title: str) -> Path:
         return plot_rows(rows, path, title, STEPS_AXIS if all(r.x is not None for r in rows) else None)
 
+    def sections(self, records: list[dict[str, Any]]) -> str:
+        """Where the two packaged checkpoints were compared at a budget past chance, when this study compared them."""
+        if not any(T5_NANO_LM_ADAPTED in r["model"] for r in records):
+            return ""
+        return ("Longer runs of the same two packaged checkpoints (SST-2, about 4,500 steps at batch 32, one run per seed, "
+                "chosen on dev, no test) are in the model card of `packaged:t5-nano-lm-adapted` "
+                "(`src/softprompt/packaged/t5-nano-lm-adapted/README.md`, \"Prompt tuning on this backbone\"); "
+                "they are not a verdict of this study.")
+
     def verdicts(self, records: list[dict[str, Any]]) -> list[tuple[str, Verdict]]:
         """Judged per backbone family: its settings differ in checkpoint as well as in target format."""
         return super().verdicts([{**r, "model": r["family"]} for r in records])

@@ -64,7 +64,7 @@ def measure(args: argparse.Namespace, backbone_dir: str, device: torch.device) -
     if args.prompt:
         model.bank.remove(task.name)
         model.load_prompt(args.prompt, name=task.name)  # the trained prompt in its place
-    model.backbone.to(dtype=DTYPES[args.dtype])
+    model.base_model.to(dtype=DTYPES[args.dtype])
     model.eval()
     examples = task.load("validation", data_dir(args.data_dir))[: args.examples]
     record = model.bank[task.name]

@@ -94,7 +94,7 @@ def main() -> None:
         loop.start()
         loop.model.train()
         device = loop.model.device
-        enc, dec = split_parameters(loop.model.backbone)
+        enc, dec = split_parameters(loop.model.base_model)
         flops = {"model": 0.0, "hardware": 0.0}
         for step in range(args.warmup + args.steps):
             if step == args.warmup:

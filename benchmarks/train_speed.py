@@ -211,7 +211,7 @@ def run_softprompt(args: argparse.Namespace, work: Path, plan: dict, device: tor
     task = get_task(TASK)
     seed_everything(args.seed)
     model, _ = build_model(config, task)
-    model.backbone.to(dtype=dtype)
+    model.base_model.to(dtype=dtype)
     if not torch.equal(model.prompt_parameters()[0].detach().cpu(), torch.load(work / "init_prompt.pt")):
         raise RuntimeError("softprompt's initial prompt differs from the one given to PEFT")
     features = encode_all(model.adapter, TASK, model.bank[TASK], task.load("train", data_dir(args.data_dir)), f"{TASK} train")
@@ -252,7 +252,7 @@ def same_batch_check(args: argparse.Namespace, work: Path, backbone_dir: str, de
     config = train_config(args, backbone_dir)
     seed_everything(args.seed)
     model, _ = build_model(config, task)
-    model.backbone.to(dtype=dtype)
+    model.base_model.to(dtype=dtype)
     init = model.prompt_parameters()[0].detach().cpu()
     torch.save(init, work / "init_prompt.pt")
     train = task.load("train", data_dir(args.data_dir))

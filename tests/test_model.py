@@ -109,13 +109,13 @@ def test_candidate_scores_equal_full_sequence_loss(model):
 
 def test_gradients_reach_only_the_prompts_the_batch_names(model):
     add_prompts(model, lengths=(3, 5, 2))
-    before = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
+    before = {n: p.detach().clone() for n, p in model.base_model.named_parameters()}
     model(batch_of(model, features(model, ["p0", "p2", "p0"]))).backward()
-    assert all(p.grad is None for p in model.backbone.parameters())
+    assert all(p.grad is None for p in model.base_model.parameters())
     grads = {name: model.bank[name].weight.grad for name in model.bank.names}
     assert grads["p0"].abs().sum() > 0 and grads["p2"].abs().sum() > 0
     assert grads["p1"] is None, "a prompt the batch does not name takes no part in the forward"
-    for n, p in model.backbone.named_parameters():
+    for n, p in model.base_model.named_parameters():
         assert torch.equal(p, before[n])
 
 

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,28 @@ def test_model_tuning_baseline_trains_every_weight(saved_backbone, tmp_path, dat
     assert len(changed) > len(list(before.parameters())) // 2
     assert PromptedModel(tuned).load_prompt(result.output, "cb") == "cb", "the empty prompt matches the tuned backbone's fingerprint"
     assert load_prompt(result.output)[1].backbone == str((result.output / "backbone").resolve()), "defect 14: names the tuned backbone"
+
+
+def test_a_checkpoint_from_before_the_base_model_rename_resumes(saved_backbone, tmp_path, data_dir):
+    """Model tuning's checkpoint named the backbone's weights `backbone.*` before `PromptedModel.base_model`: such a
+    checkpoint resumes to the weights of a run that never stopped, and one holding weights the run lacks is refused."""
+    config = tiny_config(saved_backbone, tmp_path / "a", data_dir=str(data_dir), tune="model", lr=1e-3,
+                         prompt=PromptConfig(length=0), max_steps=4, eval_every=2, eval_examples=4)
+    straight = train(config, progress=False)
+    resumed = replace(config, output=str(tmp_path / "b"))
+    train(replace(resumed, max_steps=2), progress=False)
+    checkpoint = tmp_path / "b" / "checkpoint.pt"
+    state = torch.load(checkpoint, weights_only=False)
+    state["trainable"] = {k.replace("base_model.", "backbone.", 1): v for k, v in state["trainable"].items()}
+    torch.save(state, checkpoint)
+    (tmp_path / "b" / "result.json").unlink()  # as if stopped at its step-2 checkpoint
+    train(resumed, resume=True, progress=False)
+    a, b = (load_backbone(str(tmp_path / d / "backbone")).model.state_dict() for d in "ab")
+    assert straight.steps == 4 and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    state["trainable"]["backbone.no.such.weight"] = torch.zeros(1)
+    torch.save(state, checkpoint)
+    with pytest.raises(SoftpromptError, match="trained weights are not this run's"):
+        train(resumed, resume=True, progress=False)
 
 
 @pytest.mark.slow  # compiling costs about a minute on this CPU: CI's second step runs it

@@ -30,7 +30,7 @@ class PromptedModel(nn.Module):
     def __init__(self, backbone: Backbone, bank: PromptBank | None = None):
         super().__init__()
         self.adapter = backbone
-        self.backbone = backbone.model  # registered, so .to() and state_dict() see it
+        self.base_model = backbone.model  # the Hugging Face module; registered, so .to() and state_dict() see it
         self.bank = bank if bank is not None else PromptBank(backbone.width)
 
     @property
@@ -121,5 +121,5 @@ def build_model(config: TrainConfig, task: Task) -> tuple[PromptedModel, str | N
     model = PromptedModel(backbone)
     model.add_prompt(task.name, initial.weight, prompt_metadata(config, task, backbone, initial.init))
     if config.compile:
-        model.backbone.compile(dynamic=True)  # in place: weights and saved files keep their names
+        model.base_model.compile(dynamic=True)  # in place: weights and saved files keep their names
     return model, initial.note

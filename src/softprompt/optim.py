@@ -41,7 +41,7 @@ def learning_rate(config: TrainConfig, backbone: Backbone) -> float:
 def trainable_parameters(model: PromptedModel, config: TrainConfig) -> list[torch.nn.Parameter]:
     """The prompts alone (prompt tuning), or the prompts and every backbone weight (model tuning)."""
     if config.tune == "model":
-        model.backbone.requires_grad_(True)
+        model.base_model.requires_grad_(True)
         return list(model.parameters())
     return model.prompt_parameters()
 

@@ -64,10 +64,15 @@ class TrainResult:
             self.metric = next(iter(self.best_metrics))
 
 
+def upgraded_key(name: str) -> str:
+    """A checkpoint's weight name as this version calls it: `PromptedModel.backbone` was renamed `base_model`."""
+    return "base_model." + name[len("backbone."):] if name.startswith("backbone.") else name
+
+
 def save_tuned_backbone(model: PromptedModel, directory: Path) -> None:
     """Model tuning's result: the whole backbone, replaced atomically."""
     with atomic_folder(directory) as tmp:
-        model.backbone.save_pretrained(tmp)
+        model.base_model.save_pretrained(tmp)
         model.adapter.tokenizer.save_pretrained(tmp)
 
 
@@ -97,7 +102,7 @@ class Loop:
         self.model, self.note = build_model(config, self.task)  # the checks that read the whole embedding run here, unsharded
         if config.gradient_checkpointing:
             enable_gradient_checkpointing(self.model)
-        if config.shard_backbone and shard_blocks(self.model.backbone, world, self.model.device):
+        if config.shard_backbone and shard_blocks(self.model.base_model, world, self.model.device):
             self.model.adapter.blocks_sharded = True
         self.name = self.task.name
         features = encode_all(self.model.adapter, self.name, self.model.bank[self.name], self.train_examples, f"{self.name} train")
@@ -146,7 +151,14 @@ class Loop:
                 "average": [t.cpu() for t in average.averages] if average is not None else None, **self.state}
 
     def load_state(self, saved: dict) -> None:
-        self.model.load_state_dict(saved["trainable"], strict=False)
+        """The checkpoint's trained weights, optimizer-side state and averages; a weight the model lacks is refused."""
+        trainable = {upgraded_key(k): v for k, v in saved["trainable"].items()}
+        expected = {k for k, v in self.model.named_parameters() if v.requires_grad}
+        if set(trainable) != expected:
+            odd = sorted(set(trainable) ^ expected)
+            raise SoftpromptError(f"{self.run.checkpoint_path}: its trained weights are not this run's "
+                                  f"({len(odd)} differ, e.g. {odd[0]!r}); choose another --output")
+        self.model.load_state_dict(trainable, strict=False)
         self.state.update({k: saved[k] for k in self.state if k in saved})
         if self.average is not None:
             self.average.averages = [t.to(self.model.device) for t in saved["average"]]
@@ -208,7 +220,7 @@ class Loop:
             if self.config.tune == "model":
                 folder = self.run.output / TUNED_BACKBONE_DIR
                 for path in sorted(folder.glob("*.safetensors")):
-                    self.model.backbone.load_state_dict(load_file(str(path), device=str(self.model.device)), strict=False)
+                    self.model.base_model.load_state_dict(load_file(str(path), device=str(self.model.device)), strict=False)
 
     def postfix(self) -> dict[str, str]:
         best = self.state["best_metrics"]
@@ -217,7 +229,7 @@ class Loop:
 
 def enable_gradient_checkpointing(model: PromptedModel) -> None:
     """Recompute the backbone's activations in backward; non-reentrant, so gradients reach a prompt spliced into its input."""
-    backbone = model.backbone
+    backbone = model.base_model
     if not getattr(backbone, "supports_gradient_checkpointing", False):
         raise SoftpromptError(f"gradient_checkpointing: {model.adapter.name!r} ({type(backbone).__name__}) does not support it")
     backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -148,7 +148,7 @@ def ensemble_record(ctx: Context, point: Point) -> dict[str, Any]:
     correct = [correct_string(p, [e.target for e in examples]) for p in predictions]
     return {"metric": metric, "score": vote_score, "singles": singles, "prompts_per_batch": mixing,
             "vote_correct": correct_string(votes, [e.target for e in examples]), "singles_correct": correct,
-            "chance": majority_score(task, examples), "parameters": sum(p.numel() for p in model.backbone.parameters())}
+            "chance": majority_score(task, examples), "parameters": sum(p.numel() for p in model.base_model.parameters())}
 
 
 def vote(predictions: list[str], scores: list[list[float]], candidates: tuple[str, ...]) -> str:

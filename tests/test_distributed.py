@@ -165,6 +165,22 @@ def test_a_slurm_style_launch_takes_the_same_steps(gpt2_pair, gpt2_dir, data_dir
 
 
 @multiprocess
+def test_an_accelerate_launch_takes_the_same_steps(gpt2_pair, gpt2_dir, data_dir, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` starts its ranks through torchrun with torchrun's variables;
+    without a GPU (no --cpu, which would go through MPI) they train on the CPU over gloo, as torchrun's do."""
+    two = tmp_path / "two"
+    port = str(29500 + random.Random().randint(2001, 4000))
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port,
+               "-m", "softprompt", *common(gpt2_dir, data_dir, two)]
+    log = tmp_path / "accelerate.log"
+    job = subprocess.run(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=ENV, timeout=600)
+    assert job.returncode == 0, log.read_text()[-3000:]
+    assert torch.load(two / "checkpoint.pt", weights_only=False)["world_size"] == 2
+    assert_same_run(gpt2_pair[0], two)
+
+
+@multiprocess
 def test_killed_and_resumed_job_is_bit_identical_under_deterministic(t5_dir, data_dir, tmp_path):
     args = ("--deterministic", "--max-steps", "12", "--checkpoint-every", "1")
     straight, killed = tmp_path / "straight", tmp_path / "killed"

@@ -224,6 +224,9 @@ def test_ensemble_scores_every_prompt_in_one_mixed_batch(capsys, tmp_path, t5_di
         assert alone[together["metric"]] == pytest.approx(together["singles"][k])
     table = (tmp_path / "ensemble" / "table.md").read_text()
     assert "| single prompt |" in table and "| best single (seed " in table and "| majority vote |" in table
+    single = next(line for line in table.splitlines() if "| single prompt |" in line).split("|")
+    last = sum(r["score_last"] for r in rows[:2]) / 2  # the members' dev at their last step, beside their chosen-step score
+    assert "held-out, chosen step (%)" in table and single[-3].strip().startswith(f"{100 * last:.1f}")
 
 
 def test_vote_takes_the_majority_and_breaks_ties_by_likelihood():

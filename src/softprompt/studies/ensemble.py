@@ -25,7 +25,7 @@ from .base import Context, Point, Study, majority_score, model_keys, training_re
 from .config import QUICK_BUDGET
 from .runs import correct_string
 from .stats import CONTRADICTED, INCONCLUSIVE, SUPPORTED, holm, mcnemar, minimum_detectable_effect, t_interval
-from .summary import Row
+from .summary import Row, markdown_table, summarise
 from .verdicts import Verdict, not_testable, run_learned
 
 BEATS_BEST = "majority vote > the best single prompt (chosen on the held-out selection split)"
@@ -73,6 +73,22 @@ class EnsembleStudy(Study):
                      Row(r["model"], f"best single (seed {best})", scores=(r["singles"][best],), **common),
                      Row(r["model"], "majority vote", scores=(r["score"],), **common)]
         return rows
+
+    def table(self, rows: list[Row], records: list[dict[str, Any]]) -> str:
+        """The rows, with each single prompt's dev score at its last step and its held-out score at the chosen step."""
+        last: dict[tuple[str, str], str] = {}
+        held_out: dict[tuple[str, str], str] = {}
+        for vote in (r for r in records if r["setting"] == ENSEMBLE):
+            singles = [r for r in records if r["model"] == vote["model"] and r["setting"] == SINGLE]
+            if not singles or any(r.get("score_last") is None for r in singles):
+                continue
+            model, best = vote["model"], best_member(records, vote)
+            for key, column in (("score_last", last), ("select_score", held_out)):
+                column[(model, "single prompt")] = summarise(singles, key)[0].cell()
+                column[(model, f"best single (seed {best})")] = f"{100 * next(r[key] for r in singles if r['seed'] == best):.1f}"
+        if not last:
+            return markdown_table(rows)
+        return markdown_table(rows, {"dev at last step (%)": last, "held-out, chosen step (%)": held_out})
 
     def sections(self, records: list[dict[str, Any]]) -> str:
         lines = [f"- `{r['model']}`: {len(r['singles'])} prompts scored together; every evaluation batch held "

@@ -264,13 +264,20 @@ class PeftLoop:
         self.started = time.perf_counter()
 
 
+def finished_peft(run: PeftRun) -> dict[str, Any] | None:
+    """The result a finished PEFT point wrote, else None."""
+    path = run.output / RESULT_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
 def train_peft(run: PeftRun, dev_examples: list[Example], world: World = SINGLE) -> dict[str, Any]:
     """Train one PEFT point on the one trainer (resuming it from its checkpoint), or read its finished result.
 
     `world`: the ranks of a `torchrun` job this process is one of (`peft_processes`); `run.device` is this rank's.
     """
-    if (run.output / RESULT_FILE).is_file():
-        return json.loads((run.output / RESULT_FILE).read_text(encoding="utf-8"))
+    finished = finished_peft(run)
+    if finished is not None:
+        return finished
     folder = RunDir(run.output, {**run.describe(), "model": run.model, "task": run.task}, {"output", "steps"}, resume=True,
                     markers=(CHECKPOINT_FILE,), checkpoint_name=CHECKPOINT_FILE, writer=world.writer)
     folder.check()
@@ -322,16 +329,18 @@ def peft_processes(run: PeftRun, eval_examples: int | None, nproc: int) -> dict[
     """
     from .runs import torchrun
 
-    if (run.output / RESULT_FILE).is_file():
-        return json.loads((run.output / RESULT_FILE).read_text(encoding="utf-8"))
+    finished = finished_peft(run)
+    if finished is not None:
+        return finished
     with tempfile.TemporaryDirectory() as tmp:
         spec = Path(tmp) / "peft_run.json"
         fields = {**{k: getattr(run, k) for k in run.__dataclass_fields__}, "method": run.method.key, "output": str(run.output)}
         spec.write_text(json.dumps({"run": fields, "eval_examples": eval_examples}), encoding="utf-8")
         torchrun(["-m", "softprompt.studies.peft_runs", str(spec)], run.output, nproc)
-    if not (run.output / RESULT_FILE).is_file():
+    finished = finished_peft(run)
+    if finished is None:
         raise SoftpromptError(f"{run.output}: the {nproc}-process PEFT run ended without a result")
-    return json.loads((run.output / RESULT_FILE).read_text(encoding="utf-8"))
+    return finished
 
 
 def run_on_rank(spec_path: str) -> None:

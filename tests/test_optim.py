@@ -3,11 +3,12 @@
 import json
 
 import pytest
+import torch
 
 from conftest import tiny_adapter
 from softprompt.backbones import load_backbone
 from softprompt.config import PromptConfig, TrainConfig
-from softprompt.optim import T5_EMBEDDING_RMS, embedding_rms, learning_rate
+from softprompt.optim import T5_EMBEDDING_RMS, embedding_rms, learning_rate, make_optimizer
 from softprompt.train import train
 
 
@@ -31,3 +32,21 @@ def test_the_run_log_records_the_rate_used(saved_backbone, tmp_path, data_dir):
     result = train(config, progress=False)
     first = json.loads((result.output / "metrics.jsonl").read_text().splitlines()[0])
     assert first["recipe"] == "scaled" and first["lr"] == pytest.approx(learning_rate(config, load_backbone(str(saved_backbone))))
+
+
+@pytest.mark.parametrize("scaling", [False, True])
+def test_parameter_scaling_makes_the_step_proportional_to_the_weight(scaling):
+    """Off (prompt tuning, paper section 3): every tensor moves by about lr a step. On (T5's fine-tuning):
+    by about lr x its RMS, so a tensor 100x smaller moves 100x less."""
+    torch.manual_seed(0)
+    big, small = torch.nn.Parameter(torch.randn(8, 8)), torch.nn.Parameter(torch.randn(8, 8) * 0.01)
+    before = [big.detach().clone(), small.detach().clone()]
+    optimizer = make_optimizer([big, small], TrainConfig(tune="model", lr=1e-3, weight_decay=0.0, parameter_scaling=scaling))
+    (big.sum() + small.sum()).backward()
+    optimizer.step()
+    moved = [float((p.detach() - b).pow(2).mean().sqrt()) for p, b in zip((big, small), before)]
+    ratio = moved[0] / moved[1]
+    if scaling:
+        assert ratio == pytest.approx(float(before[0].pow(2).mean().sqrt() / before[1].pow(2).mean().sqrt()), rel=0.05)
+    else:
+        assert ratio == pytest.approx(1.0, rel=0.05) and moved[0] == pytest.approx(1e-3, rel=0.05)

@@ -331,6 +331,9 @@ def test_scale_prompt_tuning_model_tuning_and_prompt_design_across_sizes(capsys,
     settings = ["prompt tuning", "model tuning", "prompt design (zero-shot)", "prompt design (4-shot)"]
     assert [r["setting"] for r in rows] == settings * 2 and [r["model"] for r in rows] == [str(t5_dir)] * 4 + [str(wide)] * 4
     assert rows[0]["parameters"] < rows[4]["parameters"]
+    tuned = rows[1]["config"]  # T5's fine-tuning recipe: every weight, no prompt, Adafactor lr 1e-3 with parameter scaling
+    assert (tuned["tune"], tuned["prompt"]["length"], tuned["lr"], tuned["parameter_scaling"]) == ("model", 0, 1e-3, True)
+    assert rows[0]["config"]["parameter_scaling"] is False
     zero, few = rows[2], rows[3]
     assert zero["steps"] == few["steps"] == 0 and zero["config"]["prompt"]["init"] == "text"
     assert zero["config"]["prompt"]["init_text"] == "Answer with one of: entailment, contradiction, neutral."

@@ -277,3 +277,17 @@ def test_select_split_is_fixed_and_disjoint(data_dir):
     assert not {id(e) for e in held} & {id(e) for e in rest}
     with pytest.raises(SoftpromptError, match="select_examples=250 .*only 250 examples"):
         hold_out(train_rows, 250, "cb train")
+
+
+def test_a_run_saved_before_a_setting_existed_resumes_and_a_different_value_is_refused(saved_backbone, tmp_path, data_dir):
+    """A field added to TrainConfig since (here `parameter_scaling`, default off) reads as its default in an
+    older run.json: the run resumes. The same run saved with the setting on is another run."""
+    config = tiny_config(saved_backbone, tmp_path / "run", data_dir=str(data_dir), max_steps=2)
+    train(replace(config, max_steps=1), progress=False)
+    run_file = tmp_path / "run" / "run.json"
+    saved = json.loads(run_file.read_text())
+    run_file.write_text(json.dumps({k: v for k, v in saved.items() if k != "parameter_scaling"}))
+    assert train(config, resume=True, progress=False).steps == 2
+    run_file.write_text(json.dumps({**saved, "parameter_scaling": True}))
+    with pytest.raises(SoftpromptError, match="parameter_scaling differ"):
+        train(replace(config, max_steps=3), resume=True, progress=False)

@@ -126,6 +126,8 @@ class TrainConfig:
     lr: float = setting(0.3, "Adafactor learning rate on T5's embedding scale (paper: constant 0.3)")
     weight_decay: float = setting(1e-5, "Adafactor weight decay (paper: 1e-5)")
     beta2_decay: float = setting(0.8, "Adafactor second-moment decay exponent (paper: 0.8)")
+    parameter_scaling: bool = setting(False, "Adafactor steps in proportion to each weight's RMS: T5 fine-tuning's default, "
+                                      "the paper's model-tuning baseline (prompt tuning: off, paper section 3)")
     max_input_length: int = setting(512, "input tokens kept per example (T5: 512)")
     max_target_length: int = setting(16, "target tokens kept per example (short labels; longer for QA)")
     train_examples: int | None = setting(None, "train on the first N training examples only (default: all)")

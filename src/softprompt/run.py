@@ -76,6 +76,16 @@ def check_writable(output: Path) -> None:
         raise SoftpromptError(f"{output}: {ancestor} is not writable")
 
 
+def with_defaults(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """A saved config completed with today's defaults (nested too): a field added since the run was saved
+    has a default that keeps the old behaviour, so the run used that value."""
+    out = {**defaults, **saved}
+    for key, value in saved.items():
+        if isinstance(value, dict) and isinstance(defaults.get(key), dict) and key != "task_spec":
+            out[key] = with_defaults(value, defaults[key])
+    return out
+
+
 class RunDir:
     """A run's folder. `markers` are the files whose presence means the run has started.
 
@@ -83,17 +93,18 @@ class RunDir:
     not started: a new run or a resume may replace it, and nothing saved is lost.
     `log_name`, `result_name`: the folder's log and result files. `run_file` None: no `run.json`,
     the config is kept in the checkpoint instead (`saved_config`), as pretraining's folder does.
+    `defaults`: the config's default values, which a saved config lacking a newer field is read with.
     """
 
     def __init__(self, output: str | os.PathLike, config: dict[str, Any], resumable: Iterable[str], resume: bool,
                  markers: Iterable[str], checkpoint_name: str, writer: bool = True, log_name: str = LOG_FILE,
-                 result_name: str = RESULT_FILE, run_file: str | None = RUN_FILE):
+                 result_name: str = RESULT_FILE, run_file: str | None = RUN_FILE, defaults: dict[str, Any] | None = None):
         self.output = Path(output)
         self.config, self.resumable, self.resume = config, set(resumable), resume
         self.markers, self.writer = tuple(markers), writer
         self.checkpoint_path = self.output / checkpoint_name
         self.log_path, self.result_path = self.output / log_name, self.output / result_name
-        self.run_file = run_file
+        self.run_file, self.defaults = run_file, defaults or {}
 
     @property
     def started(self) -> bool:
@@ -105,7 +116,7 @@ class RunDir:
         if self.started and (self.run_file is None or (self.output / self.run_file).is_file()):
             if not self.resume:
                 raise SoftpromptError(f"{self.output} already holds a run; pass --resume to continue it, or choose another --output")
-            differing = config_differences(self.saved_config(), self.config, self.resumable)
+            differing = config_differences(with_defaults(self.saved_config(), self.defaults), self.config, self.resumable)
             if differing:
                 raise SoftpromptError(f"{self.output} holds a different run ({', '.join(differing)} differ); choose another --output")
         elif self.output.is_dir():

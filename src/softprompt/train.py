@@ -82,7 +82,8 @@ class Loop:
     def __init__(self, config: TrainConfig, resume: bool, progress: bool, world: World = SINGLE):
         self.config, self.progress, self.world = config, progress, world
         self.run = RunDir(config.output, normalised(config), RESUMABLE_FIELDS, resume,
-                          markers=(CHECKPOINT_FILE, WEIGHTS_NAME), checkpoint_name=CHECKPOINT_FILE, writer=world.writer)
+                          markers=(CHECKPOINT_FILE, WEIGHTS_NAME), checkpoint_name=CHECKPOINT_FILE, writer=world.writer,
+                          defaults=normalised(TrainConfig(task=config.task)))
         self.run.check()
         if config.deterministic:
             make_deterministic()

@@ -30,7 +30,7 @@ from .base import Context, Point, Study, majority_score, model_keys, training_re
 from .config import QUICK_BUDGET
 from .plot import plot_labelled_points
 from .summary import Row, by_setting, markdown_table, summarise
-from .transfer import MODEL_TUNING, MODEL_TUNING_LR, PROMPT_TUNING
+from .transfer import MODEL_TUNING, PROMPT_TUNING
 from .verdicts import CONTRADICTED, SUPPORTED, Claim, Verdict, judged, not_testable
 
 SETTINGS = (PROMPT_TUNING, "prefix tuning", "P-tuning", "LoRA", "IA³", MODEL_TUNING)  # the table's order
@@ -127,8 +127,7 @@ class MethodsStudy(Study):
                               ctx.select_examples(load_task(ctx.task)))
                 points.append(Point(key, method.name, model, seed, extra={"run": run}))
             key = f"{label}/model/seed{seed}"
-            points.append(Point(key, MODEL_TUNING, model, seed, ctx.train_config(
-                key, model, seed, PromptConfig(length=0), tune="model", lr=MODEL_TUNING_LR)))
+            points.append(Point(key, MODEL_TUNING, model, seed, ctx.model_tuning_config(key, model, seed)))
         return points
 
     def run_point(self, ctx: Context, point: Point) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..config import TrainConfig, normalised
 from ..errors import SoftpromptError
-from ..run import LOG_FILE, RESULT_FILE, RUN_FILE, config_differences
+from ..run import LOG_FILE, RESULT_FILE, RUN_FILE, config_differences, with_defaults
 from ..train import PREDICTIONS_FILE, RESUMABLE_FIELDS, TrainResult
 
 POINTS_DIR = "points"
@@ -79,9 +79,8 @@ def finished_result(config: TrainConfig) -> TrainResult | None:
         result = json.loads((output / RESULT_FILE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
-    defaults = normalised(TrainConfig(task=config.task))
-    current = {k: v for k, v in normalised(config).items() if k in saved or v != defaults.get(k)}  # fields added since
-    if config_differences(saved, current, NOT_THE_RUN) or result.get("steps", -1) < config.max_steps:
+    saved = with_defaults(saved, normalised(TrainConfig(task=config.task)))  # fields added since it was saved
+    if config_differences(saved, normalised(config), NOT_THE_RUN) or result.get("steps", -1) < config.max_steps:
         return None
     if config.select_examples is not None and "dev_best" not in result:
         return None

@@ -5,7 +5,8 @@ Prompt design is a written prompt with no training, scored by rank classificatio
 instruction naming the labels (zero-shot), then `FEW_SHOT` training examples with their answers
 (few-shot, drawn per seed). Its text is embedded and placed where a soft prompt goes, with zero
 training steps, which is the same sequence as the text written before the input (decoder-only:
-after BOS). Model tuning trains every weight at lr 1e-3 with no prompt.
+after BOS). Model tuning trains every weight with no prompt, by T5's fine-tuning recipe
+(`Context.model_tuning_config`: lr 1e-3, Adafactor with parameter scaling).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ..tasks import Example, Task, load_task, resolve_data_dir
 from .base import Context, Point, Study, model_keys
 from .config import QUICK_BUDGET
 from .stats import Arm
-from .transfer import MODEL_TUNING, MODEL_TUNING_LR, PROMPT_TUNING
+from .transfer import MODEL_TUNING, PROMPT_TUNING
 from .verdicts import Claim, Verdict, judged, not_testable
 
 FEW_SHOT = 4  # examples in context for few-shot prompt design
@@ -59,8 +60,7 @@ class ScaleStudy(Study):
             for model in ctx.models:
                 key = f"{keys[model]}/%s/seed{seed}"
                 points.append(Point(key % "prompt", PROMPT_TUNING, model, seed, ctx.train_config(key % "prompt", model, seed)))
-                points.append(Point(key % "model", MODEL_TUNING, model, seed, ctx.train_config(
-                    key % "model", model, seed, PromptConfig(length=0), tune="model", lr=MODEL_TUNING_LR)))
+                points.append(Point(key % "model", MODEL_TUNING, model, seed, ctx.model_tuning_config(key % "model", model, seed)))
                 for setting, shots, name in ((ZERO_SHOT, 0, "zero-shot"), (FEW_SHOT_NAME, FEW_SHOT, "few-shot")):
                     text = design_text(task, train, shots, seed)
                     length = len(ctx.backbone(model).word_ids(text))

@@ -16,7 +16,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..config import PromptConfig
 from ..errors import SoftpromptError
 from ..evaluate import evaluate
 from ..model import load_prompted_model
@@ -28,7 +27,6 @@ from .summary import Row, markdown_table, summarise
 from .verdicts import Claim, Verdict, judged, not_testable, run_learned
 
 PROMPT_TUNING, MODEL_TUNING = "prompt tuning", "model tuning"
-MODEL_TUNING_LR = 1e-3  # T5 fine-tuning's rate; the paper's model-tuning baseline
 MRQA_TARGETS = tuple(f"mrqa-{suffix}" for suffix in MRQA_SETS)
 DEFAULT_TARGETS = {"rte": ("cb", "axb"), "mrpc": ("qqp",), "qqp": ("mrpc",), "squad": MRQA_TARGETS, "squaddevsplit": MRQA_TARGETS}
 # Where the paper's Table 1 has model tuning ahead (DuoRC, DROP); elsewhere prompt tuning transfers better.
@@ -112,8 +110,7 @@ class TransferStudy(Study):
                 key = f"{keys[model]}/prompt/seed{seed}"
                 points.append(Point(key, PROMPT_TUNING, model, seed, ctx.train_config(key, model, seed)))
                 key = f"{keys[model]}/model/seed{seed}"
-                points.append(Point(key, MODEL_TUNING, model, seed, ctx.train_config(
-                    key, model, seed, PromptConfig(length=0), tune="model", lr=MODEL_TUNING_LR)))
+                points.append(Point(key, MODEL_TUNING, model, seed, ctx.model_tuning_config(key, model, seed)))
         return points
 
     def run_point(self, ctx: Context, point: Point) -> dict[str, Any]:

@@ -102,7 +102,7 @@ class Context:
         lr 1e-3 with parameter scaling (each step in proportion to the weight's RMS, Mesh TensorFlow's default).
 
         Without the scaling, each weight moves by about 1e-3 a step; on SmolLM2 (weights of RMS ~0.02-0.14)
-        a 20-step pilot stayed at the majority class (50.5% of 200 dev examples) where the scaled step
+        a 20-step pilot scored 50.5% on the first 200 dev examples (chance) where the scaled step
         reached 64.5%.
         """
         return self.train_config(key, model, seed, PromptConfig(length=0), tune="model", lr=MODEL_TUNING_LR, parameter_scaling=True)

@@ -4,25 +4,38 @@
 # so rerunning this script continues where it stopped. Hours of CPU: run it niced, in the background.
 #
 # Two shard chains (one core each) walk the whole queue, so neither core waits at a study's boundary
-# for the other's last point; a final pass without --shard writes each study's tables and plots.
+# for the other's last point. The chain that finishes a study last runs its final pass (no --shard):
+# the points that train nothing (the ensemble's vote, the neighbours' controls, prompt design) and the
+# study's tables and plots, while the other chain goes on to the next study.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=1
 budget=(--model packaged:smollm2-135m --task sst2 --max-steps 300 --eval-every 50 --select-examples 500
         --data-dir ../shared/data --output report/smollm2 --quiet)
-queue=("ensemble 5" "init 4" "length 4" "scale 3" "neighbors 3")
+# neighbours right after init: it trains nothing new (init's random-uniform runs, the default cell)
+queue=("ensemble 5" "init 4" "neighbors 3" "scale 3" "length 4")
 chains=${CHAINS:-2}
+marks=$(mktemp -d)
+trap 'rm -rf "$marks"' EXIT
+
+final() {  # the last chain to finish study $1 runs its final pass; mkdir is the atomic claim
+    local k
+    for k in $(seq 1 "$chains"); do [ -e "$marks/$1.$k" ] || return 0; done
+    mkdir "$marks/$1.final" 2>/dev/null || return 0
+    softprompt study "$1" --seeds "$2" "${budget[@]}"
+}
 
 chain() {
     local k=$1
     for spec in "${queue[@]}"; do
         set -- $spec
         softprompt study "$1" --seeds "$2" "${budget[@]}" --shard "$k/$chains"
+        touch "$marks/$1.$k"
+        final "$1" "$2"
     done
 }
-for k in $(seq 1 "$chains"); do chain "$k" & done
-wait
-for spec in "${queue[@]}"; do
-    set -- $spec
-    softprompt study "$1" --seeds "$2" "${budget[@]}"
-done
+pids=()
+for k in $(seq 1 "$chains"); do chain "$k" & pids+=($!); done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+exit "$status"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -370,6 +371,9 @@ def test_budgets_paper_quick_and_overrides():
     tiny = STUDIES["ensemble"].context(StudyConfig(name="ensemble", quick=True, max_steps=2, seeds=2, eval_examples=8)).budget
     assert (tiny.steps, tiny.eval_every, tiny.seeds, tiny.eval_examples) == (2, 2, 2, 8)
     assert "--quick (CPU) budget" in quick.describe() and "full dev set" in paper.describe()
+    assert "the paper's budget" in paper.describe() and "%" not in paper.describe()
+    reduced = replace(paper, steps=300)  # not the paper's budget, however it was set (the "20-step paper budget")
+    assert "a reduced budget" in reduced.describe() and "1.0% of the paper's 30,000" in reduced.describe()
 
 
 def test_transfer_is_not_testable_when_the_source_task_was_not_learned():

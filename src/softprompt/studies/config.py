@@ -79,7 +79,8 @@ class Budget:
 
     def describe(self) -> str:
         dev = "full dev set" if self.eval_examples is None else f"first {self.eval_examples} dev examples"
-        mode = "--quick (CPU)" if self.quick else "paper"
+        paper = self.steps >= PAPER_STEPS and self.batch_size >= 32
+        mode = "--quick (CPU)" if self.quick else "the paper's" if paper else "a reduced"
         chosen = (f"step chosen on {self.select_examples} held-out training examples, {dev} scored at it" if self.select_examples
                   else f"step chosen on the {dev} it is scored on")
         fraction = f" ({100 * self.steps / PAPER_STEPS:.1f}% of the paper's {PAPER_STEPS:,})" if self.steps < PAPER_STEPS else ""

@@ -2,7 +2,7 @@
 
 One backbone, one task, the same budget (steps, batch, dev examples) for every method. Prompt
 tuning and model tuning are softprompt's own `train()` (Adafactor, the paper's recipe; model
-tuning at lr 1e-3 with no prompt, as in transfer.py); the PEFT methods train with AdamW
+tuning with no prompt by T5's fine-tuning recipe, `Context.model_tuning_config`); the PEFT methods train with AdamW
 (peft_runs.py). Each point records its dev score (rank classification), the training loop's wall
 time, its peak memory and its task-specific parameters: trained, and kept for inference (P-tuning
 folds its prompt encoder into its virtual tokens). The virtual-token methods use the prompt

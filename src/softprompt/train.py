@@ -83,7 +83,7 @@ class Loop:
         self.config, self.progress, self.world = config, progress, world
         self.run = RunDir(config.output, normalised(config), RESUMABLE_FIELDS, resume,
                           markers=(CHECKPOINT_FILE, WEIGHTS_NAME), checkpoint_name=CHECKPOINT_FILE, writer=world.writer,
-                          defaults=normalised(TrainConfig(task=config.task)))
+                          defaults=normalised(TrainConfig()))  # only fills fields a saved run.json lacks
         self.run.check()
         if config.deterministic:
             make_deterministic()

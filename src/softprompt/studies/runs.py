@@ -79,7 +79,7 @@ def finished_result(config: TrainConfig) -> TrainResult | None:
         result = json.loads((output / RESULT_FILE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
-    saved = with_defaults(saved, normalised(TrainConfig(task=config.task)))  # fields added since it was saved
+    saved = with_defaults(saved, normalised(TrainConfig()))  # fields added since it was saved
     if config_differences(saved, normalised(config), NOT_THE_RUN) or result.get("steps", -1) < config.max_steps:
         return None
     if config.select_examples is not None and "dev_best" not in result:

@@ -81,7 +81,7 @@ def with_defaults(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, 
     has a default that keeps the old behaviour, so the run used that value."""
     out = {**defaults, **saved}
     for key, value in saved.items():
-        if isinstance(value, dict) and isinstance(defaults.get(key), dict) and key != "task_spec":
+        if isinstance(value, dict) and isinstance(defaults.get(key), dict):
             out[key] = with_defaults(value, defaults[key])
     return out
 

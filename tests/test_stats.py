@@ -55,6 +55,13 @@ def test_identical_distributions_are_inconclusive_with_an_mde():
     assert f"differences under {100 * out.mde:.1f} points cannot be detected" in out.reason
 
 
+def test_a_tie_on_every_seed_is_inconclusive_without_a_vacuous_mde():
+    """Two arms equal on every seed (a rate over a few prompt positions can tie exactly): no spread, so no MDE to state."""
+    out = one([Arm("a", (0, 1), (0.02, 0.02)), Arm("b", (0, 1), (0.02, 0.02))], Claim("a > b", "a", "b"))
+    assert out.state == INCONCLUSIVE and out.mde == 0.0
+    assert "the same on every paired seed" in out.reason and "differences under" not in out.reason
+
+
 def test_reversed_gap_is_contradicted():
     high = arm("high", [0.85, 0.86, 0.84, 0.85, 0.87], seed=5)
     low = arm("low", [0.75, 0.74, 0.76, 0.75, 0.73], seed=6)

@@ -31,7 +31,8 @@ RULE = ("Each sub-claim compares two settings on one backbone, **paired by seed*
         "**inconclusive**. A claim \"A ≈ B\" (margin ±δ, 2 points unless stated) is **supported** when the 95% t interval "
         "lies inside [−δ, +δ], **contradicted** when it lies entirely outside, otherwise **inconclusive**. With fewer than "
         "2 paired seeds a claim is **not testable**. Every inconclusive verdict gives the minimum detectable effect at "
-        "this budget, (t₀.₉₇₅,ₙ₋₁ + t₀.₈,ₙ₋₁)·sd/√n (two-sided α 0.05, power 0.8). A run counts as having **learned** "
+        "this budget, (t₀.₉₇₅,ₙ₋₁ + t₀.₈,ₙ₋₁)·sd/√n (two-sided α 0.05, power 0.8), or says that the difference is the same "
+        "on every seed (sd = 0, no spread to test against). A run counts as having **learned** "
         "the task only if a one-sided exact binomial test puts its accuracy above the majority-class rate at p < 0.01.")
 
 
@@ -225,7 +226,9 @@ def judge_claims(arms: dict[str, Arm], claims: list[Claim], alpha: float = 0.05)
                 state = CONTRADICTED
             else:
                 state = INCONCLUSIVE
-        if state == INCONCLUSIVE:
+        if state == INCONCLUSIVE and mde == 0:  # ties, as in counts over a few positions: no MDE to give
+            numbers += "; the difference is the same on every paired seed, so the seeds give no spread to test it against"
+        elif state == INCONCLUSIVE:
             numbers += f"; differences under {100 * mde:.1f} points cannot be detected at this budget"
         outcomes.append(Outcome(claim, state, numbers, difference, t_int, boot, p, p_adj, mde, n))
     return outcomes

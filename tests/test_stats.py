@@ -126,6 +126,13 @@ def test_pairing_is_by_seed():
     assert out.pairs == 2 and math.isclose(out.difference, ((0.2 - 0.6) + (0.3 - 0.5)) / 2)
 
 
+def test_an_arm_with_fewer_seeds_is_tested_on_the_seeds_both_have():
+    """`--seeds-for p=5:2` in a study of 4 seeds: p=5 against p=1 pairs seeds 0 and 1 only."""
+    few, full = arm("p=5", [0.9, 0.9], 11), arm("p=1", [0.5, 0.5, 0.5, 0.5], 12)
+    (out,) = stats.judge_claims({"p=5": few, "p=1": full}, [Claim("p=5 > p=1", "p=5", "p=1")])
+    assert out.state == SUPPORTED and out.pairs == 2 and "2 paired seeds" in out.reason
+
+
 def test_holm():
     assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])

@@ -96,6 +96,32 @@ def test_more_seeds_extend_a_study(capsys, tmp_path, t5_dir):
     assert json.loads(out)["ran"] == 3 and [r["seed"] for r in results(tmp_path, "init")] == [0, 0, 0, 1, 1, 1]
 
 
+def test_seeds_for_leaves_out_the_later_seeds_of_one_setting(capsys, tmp_path, t5_dir):
+    """--seeds-for SETTING:N (the issue's plan: lengths 5 and 150 at 2 seeds of 4): that setting's seeds >= N are
+    not trained, its row counts the seeds it has, and the table's command gives the flag back (its claims pair the
+    seeds both settings have: test_stats.py)."""
+    args = ("--model", t5_dir, "--task", "cb", "--seeds-for", "random-uniform:1")
+    code, out, err = study(capsys, "init", tmp_path, *args)
+    assert code == 0, err
+    assert [(r["setting"], r["seed"]) for r in results(tmp_path, "init")] == [
+        ("random-uniform", 0), ("sampled-vocab", 0), ("class-label", 0), ("sampled-vocab", 1), ("class-label", 1)]
+    table = (tmp_path / "init" / "table.md").read_text()
+    assert "--seeds-for random-uniform:1" in table
+    assert [line.split(" | ")[4] for line in table.splitlines() if " | random-uniform | " in line] == ["1"]  # the seeds column
+    code, out, err = study(capsys, "init", tmp_path, *args)  # the same flags: nothing left to run
+    assert code == 0 and json.loads(out)["ran"] == 0, err
+    code, out, err = study(capsys, "init", tmp_path, "--model", t5_dir, "--task", "cb")  # without it: the seed left out runs
+    assert code == 0 and json.loads(out)["ran"] == 1, err
+
+
+@pytest.mark.parametrize("spec, needle", [("p=5:2", "no setting 'p=5'"), ("random-uniform", "SETTING:N"),
+                                          ("random-uniform:0", "SETTING:N")])
+def test_bad_seeds_for_is_one_line_and_writes_nothing(capsys, tmp_path, t5_dir, spec, needle):
+    code, _, err = study(capsys, "init", tmp_path, "--model", t5_dir, "--task", "cb", "--seeds-for", spec)
+    one_error_line(code, err, "--seeds-for", needle)
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.multiprocess
 def test_points_trained_as_two_process_runs_give_the_records_of_one_process(capsys, tmp_path, t5_dir):
     """--nproc-per-point 2: each point is a torchrun job of two ranks; same run folders, same scores."""

@@ -13,7 +13,8 @@ export OMP_NUM_THREADS=1
 budget=(--model packaged:smollm2-135m --task sst2 --max-steps 300 --eval-every 50 --select-examples 500
         --data-dir ../shared/data --output report/smollm2 --quiet)
 # neighbours right after init: it trains nothing new (init's random-uniform runs, the default cell)
-queue=("ensemble 5" "init 4" "neighbors 3" "scale 3" "length 4")
+# length: p = 1, 20, 100 at 4 seeds, p = 5 and 150 (the curve's shape) at 2, as the plan sizes it
+queue=("ensemble 5" "init 4" "neighbors 3" "scale 3" "length 4 --seeds-for p=5:2 --seeds-for p=150:2")
 chains=${CHAINS:-2}
 marks=$(mktemp -d)
 trap 'rm -rf "$marks"' EXIT
@@ -22,16 +23,16 @@ final() {  # the last chain to finish study $1 runs its final pass; mkdir is the
     local k
     for k in $(seq 1 "$chains"); do [ -e "$marks/$1.$k" ] || return 0; done
     mkdir "$marks/$1.final" 2>/dev/null || return 0
-    softprompt study "$1" --seeds "$2" "${budget[@]}"
+    softprompt study "$1" --seeds "${@:2}" "${budget[@]}"
 }
 
 chain() {
     local k=$1
     for spec in "${queue[@]}"; do
         set -- $spec
-        softprompt study "$1" --seeds "$2" "${budget[@]}" --shard "$k/$chains"
+        softprompt study "$1" --seeds "${@:2}" "${budget[@]}" --shard "$k/$chains"
         touch "$marks/$1.$k"
-        final "$1" "$2"
+        final "$@"
     done
 }
 pids=()

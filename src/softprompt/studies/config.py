@@ -25,6 +25,8 @@ class StudyConfig:
     task: str | None = setting(None, "task to train on (default: the study's, e.g. sst2; transfer: rte)")
     data_dir: str | None = setting(None, "GLUE/SuperGLUE file layout; default $SOFTPROMPT_DATA_DIR, else the hub", path=True)
     seeds: int | None = setting(None, "seeds per point (default 3; ensemble: 5 prompts)")
+    seeds_for: tuple[str, ...] = setting((), "SETTING:N, fewer seeds for one setting (e.g. p=5:2, for lengths that only shape "
+                                         "a curve); repeatable; its contrasts pair the seeds both settings have", repeat=True)
     max_steps: int | None = setting(None, "optimizer steps per run (default: paper 30,000; --quick: the study's CPU budget)")
     eval_examples: int | None = setting(None, "dev examples scored (default: the full dev set; --quick: 200)")
     eval_every: int | None = setting(None, "steps between evaluations on the selection split: each run's learning curve "
@@ -46,12 +48,13 @@ class StudyConfig:
                                    "its starting checkpoint, each snapshot and its final model (Figure 3d)", path=True)
 
     def __post_init__(self) -> None:
-        self.model, self.prompt = tuple(self.model), tuple(self.prompt)
+        self.model, self.prompt, self.seeds_for = tuple(self.model), tuple(self.prompt), tuple(self.seeds_for)
         check_fields(self)
         at_least(self, 1, "seeds", "eval_examples", "workers", "eval_every", "nproc_per_point")
         at_least(self, 0, "max_steps", "select_examples")
         if self.shard is not None:
             shard_of(self.shard)
+        seeds_for(self)
         if self.shard is not None and self.workers > 1:
             raise SoftpromptError("--shard and --workers together: give a machine one shard, and --workers to the last call only")
 
@@ -62,6 +65,19 @@ def shard_of(text: str) -> tuple[int, int]:
     if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
         raise SoftpromptError(f"shard={text!r} (--shard) must be K/N with 1 <= K <= N, e.g. 2/8")
     return int(k), int(n)
+
+
+def seeds_for(config: StudyConfig) -> dict[str, int]:
+    """{setting: seeds} from the `--seeds-for SETTING:N` flags; raises SoftpromptError naming the bad one."""
+    out: dict[str, int] = {}
+    for text in config.seeds_for:
+        setting_name, _, n = text.rpartition(":")
+        if not setting_name or not n.isdigit() or int(n) < 1:
+            raise SoftpromptError(f"seeds_for={text!r} (--seeds-for) must be SETTING:N with N >= 1, e.g. p=5:2")
+        if setting_name in out:
+            raise SoftpromptError(f"seeds_for: setting {setting_name!r} is given twice (--seeds-for)")
+        out[setting_name] = int(n)
+    return out
 
 
 @dataclass(frozen=True)

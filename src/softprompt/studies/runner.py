@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import normalised
+from ..errors import SoftpromptError
 from ..files import write_text_atomic
-from .base import Study
-from .config import Budget, StudyConfig, saved_form, shard_of
+from .base import Point, Study
+from .config import Budget, StudyConfig, saved_form, seeds_for, shard_of
 from .folder import CURVES_FILE, GIVEN, PLOT_FILE, TABLE_FILE, StudyFolder
 from .plot import plot_curves
 from .registry import get_study
@@ -54,7 +55,7 @@ def run_study(config: StudyConfig, progress: bool = False) -> StudyOutcome:
     study.check(ctx)
     form = saved_form(config, ctx.budget, study.defaults(ctx))
     ctx.folder.check(form)
-    points = study.points(ctx)
+    points = fewer_seeds(study.points(ctx), seeds_for(config), study.name)
     ctx.folder.start(form)
     if config.workers > 1:
         run_workers(config)
@@ -80,6 +81,16 @@ def run_study(config: StudyConfig, progress: bool = False) -> StudyOutcome:
     ctx.folder.write_results([p.key for p in points])
     table, plot = write_outputs(study, ctx.folder)
     return StudyOutcome(ctx.folder.path, ran, len(points) - ran, table, plot)
+
+
+def fewer_seeds(points: list[Point], counts: dict[str, int], name: str) -> list[Point]:
+    """The points less the seeds `--seeds-for` leaves out of a setting (seeds 0..N-1 stay, so they pair with the
+    other settings' same seeds); a setting the study does not have is refused, before anything is written."""
+    settings = dict.fromkeys(p.setting for p in points)
+    unknown = [s for s in counts if s not in settings]
+    if unknown:
+        raise SoftpromptError(f"seeds_for: study {name} has no setting {unknown[0]!r} (--seeds-for); its settings: {', '.join(settings)}")
+    return [p for p in points if p.seed < counts.get(p.setting, p.seed + 1)]
 
 
 def run_workers(config: StudyConfig) -> None:
@@ -153,6 +164,7 @@ def command_line(saved: dict[str, Any], root: Path) -> str:
     if saved.get("select_examples") is None and (saved.get("budget") or {}).get("select_examples") is None:
         parts += ["--select-examples", "0"]  # chosen on dev, which is no longer the default
     parts += [piece for prompt in saved.get("prompt") or [] for piece in ("--prompt", prompt)]
+    parts += [piece for spec in saved.get("seeds_for") or [] for piece in ("--seeds-for", spec)]
     return shlex.join([*parts, "--output", str(root)])
 
 

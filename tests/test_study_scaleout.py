@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -10,6 +11,8 @@ import pytest
 import torch
 
 from softprompt.cli import main
+from softprompt.studies.config import StudyConfig
+from softprompt.studies.registry import get_study
 from test_studies import one_error_line, results, study
 
 TIMES = ("seconds", "point_seconds")  # wall time differs run to run; everything else must not
@@ -60,6 +63,28 @@ def test_two_shards_and_a_last_call_give_the_records_of_one_run(capsys, tmp_path
     assert (shards / "init" / "table.md").is_file() and (shards / "init" / "curves.png").is_file()
 
 
+def test_a_stealing_shard_goes_on_to_the_points_no_process_holds(capsys, tmp_path, t5_dir):
+    """--shard 1/2 --steal trains its own share, then shard 2's points except the one whose lock is held (as by a
+    shard 2 training it); shard 2 then trains only that one."""
+    args = ("--model", t5_dir, "--task", "cb")
+    config = StudyConfig(name="init", output=str(tmp_path), model=(str(t5_dir),), task="cb", max_steps=2, eval_examples=8,
+                         select_examples=16, seeds=2)
+    study_ = get_study("init")
+    theirs = study_.points(study_.context(config))[1::2]  # shard 2's share: every other training point
+    held = Path(f"{theirs[0].config.output}.lock")
+    held.parent.mkdir(parents=True)
+    with open(held, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # the lock a shard holds while it trains that point
+        code, out, err = study(capsys, "init", tmp_path, *args, "--shard", "1/2", "--steal")
+    assert code == 0 and json.loads(out)["ran"] == 5, err
+    code, out, err = study(capsys, "init", tmp_path, *args, "--shard", "2/2")
+    assert code == 0 and json.loads(out)["ran"] == 1, err
+    assert [r["key"] for r in map(json.loads, map(Path.read_text, (tmp_path / "init" / "records").glob("*.json")))
+            if r["config"]["output"] == theirs[0].config.output] == [theirs[0].key]
+    code, out, err = study(capsys, "init", tmp_path, *args)
+    assert code == 0 and json.loads(out)["ran"] == 0 and len(results(tmp_path, "init")) == 6, err
+
+
 def test_local_workers_run_the_shards_then_the_rest(capsys, tmp_path, t5_dir):
     code, out, err = study(capsys, "init", tmp_path, "--model", t5_dir, "--task", "cb", "--workers", "2")
     assert code == 0, err
@@ -69,7 +94,7 @@ def test_local_workers_run_the_shards_then_the_rest(capsys, tmp_path, t5_dir):
     assert json.loads(out)["skipped"] == 6  # the workers ran every point; the last pass only gathered them
 
 
-@pytest.mark.parametrize("flags, needle", [(("--shard", "3/2"), "K/N"), (("--shard", "x"), "K/N"),
+@pytest.mark.parametrize("flags, needle", [(("--shard", "3/2"), "K/N"), (("--shard", "x"), "K/N"), (("--steal",), "--steal without --shard"),
                                            (("--shard", "1/2", "--workers", "2"), "--shard and --workers")])
 def test_bad_shard_settings_are_one_line(capsys, tmp_path, t5_dir, flags, needle):
     code, _, err = study(capsys, "init", tmp_path, "--model", t5_dir, "--task", "cb", *flags)

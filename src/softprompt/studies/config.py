@@ -38,6 +38,8 @@ class StudyConfig:
     workers: int = setting(1, "run this many points at once, each in its own process with one torch thread")
     shard: str | None = setting(None, "K/N: run only share K (1..N) of the training points, for N machines or array jobs on "
                                 "one shared output folder; a last call without --shard runs what is left and writes the tables")
+    steal: bool = setting(False, "with --shard: once its own share is done, train the other shards' unfinished points that "
+                          "no process is training (a lock per point), so a shard that finishes early does not sit idle")
     nproc_per_point: int = setting(1, "train each point on this many processes (torchrun --standalone, one per GPU), "
                                    "each point then a data-parallel run")
     device: str = setting("auto", "auto, cpu, cuda, cuda:1 ...")
@@ -55,6 +57,8 @@ class StudyConfig:
         if self.shard is not None:
             shard_of(self.shard)
         seeds_for(self)
+        if self.steal and self.shard is None:
+            raise SoftpromptError("--steal without --shard: a call without --shard already runs every point left")
         if self.shard is not None and self.workers > 1:
             raise SoftpromptError("--shard and --workers together: give a machine one shard, and --workers to the last call only")
 
@@ -134,11 +138,11 @@ def resolve_budget(config: StudyConfig, paper: Budget = PAPER_BUDGET, quick: Bud
 def saved_form(config: StudyConfig, budget: Budget, defaults: dict[str, Any]) -> dict[str, Any]:
     """What `study.json` holds: the config with the study's defaults filled in, and the budget.
 
-    `device`, `output`, `workers`, `shard` and `nproc_per_point` are left out: moving a study to a GPU,
+    `device`, `output`, `workers`, `shard`, `steal` and `nproc_per_point` are left out: moving a study to a GPU,
     another folder or more processes is the same study.
     """
     data = normalised(config)
-    for key in ("device", "output", "workers", "shard", "nproc_per_point"):
+    for key in ("device", "output", "workers", "shard", "steal", "nproc_per_point"):
         data.pop(key)
     data.update({k: v for k, v in defaults.items() if data.get(k) in (None, [], ())})
     data["budget"] = asdict(budget)

@@ -7,8 +7,9 @@ has finished; a rerun skips the points that have one and resumes the one in prog
 run directory's checkpoint.
 
 Scale-out: `--shard K/N` runs only every N-th training point (from the K-th), so N machines or
-array jobs share one output folder; `--workers N` starts N such shards as local processes with one
-torch thread each. Points that train nothing but read other points (the ensemble's vote, the
+array jobs share one output folder; with `--steal` a shard then goes on to the others' points that
+no process holds the lock of, so shards of unequal cost finish together. `--workers N` starts N
+such stealing shards as local processes with one torch thread each. Points that train nothing but read other points (the ensemble's vote, the
 neighbours' controls) are left to the last call without `--shard`, which runs whatever is left
 and writes results.jsonl, the table and the plot.
 """
@@ -31,6 +32,7 @@ from .config import Budget, StudyConfig, saved_form, seeds_for, shard_of
 from .folder import CURVES_FILE, GIVEN, PLOT_FILE, TABLE_FILE, StudyFolder
 from .plot import plot_curves
 from .registry import get_study
+from .runs import point_busy
 from .summary import budget_line
 from .verdicts import FINDINGS
 
@@ -59,14 +61,17 @@ def run_study(config: StudyConfig, progress: bool = False) -> StudyOutcome:
     ctx.folder.start(form)
     if config.workers > 1:
         run_workers(config)
-    mine = points
+    mine, others = points, []
     if config.shard is not None:
         k, n = shard_of(config.shard)
-        mine = [p for i, p in enumerate(p for p in points if p.config is not None and p.config.max_steps > 0) if i % n == k - 1]
-    done = ctx.folder.records()
+        training = [p for p in points if p.config is not None and p.config.max_steps > 0]
+        mine = [p for i, p in enumerate(training) if i % n == k - 1]
+        others = [p for i, p in enumerate(training) if i % n != k - 1] if config.steal else []
     ran = 0
-    for point in mine:
-        if point.key in done:
+    for point in [*mine, *others]:
+        if point.key in ctx.folder.records():  # read again each time: another shard may have finished it meanwhile
+            continue
+        if config.steal and point_busy(point.config.output):  # another process is training it: leave it to that one
             continue
         started = time.perf_counter()
         metrics = study.run_point(ctx, point)
@@ -74,10 +79,9 @@ def run_study(config: StudyConfig, progress: bool = False) -> StudyOutcome:
                   "x": point.x, "config": normalised(point.config) if point.config is not None else None, **metrics,
                   "point_seconds": round(time.perf_counter() - started, 1)}
         ctx.folder.save_record(record)
-        done[point.key] = record
         ran += 1
     if config.shard is not None:
-        return StudyOutcome(ctx.folder.path, ran, len(mine) - ran, None, None)
+        return StudyOutcome(ctx.folder.path, ran, max(len(mine) - ran, 0), None, None)
     ctx.folder.write_results([p.key for p in points])
     table, plot = write_outputs(study, ctx.folder)
     return StudyOutcome(ctx.folder.path, ran, len(points) - ran, table, plot)
@@ -100,7 +104,7 @@ def run_workers(config: StudyConfig) -> None:
     does not start on a half-finished study.
     """
     n = config.workers
-    shards = [replace(config, workers=1, shard=f"{k}/{n}") for k in range(1, n + 1)]
+    shards = [replace(config, workers=1, shard=f"{k}/{n}", steal=True) for k in range(1, n + 1)]
     with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=one_thread) as pool:
         futures = [pool.submit(run_study, shard, False) for shard in shards]
         errors = [f.exception() for f in futures]

@@ -71,6 +71,20 @@ def point_lock(output: str | os.PathLike) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def point_busy(output: str | os.PathLike) -> bool:
+    """Whether another process holds OUTPUT.lock now (training or reading that run); takes no lock itself."""
+    path = Path(f"{output}.lock")
+    if not path.exists():
+        return False
+    with open(path, "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
 def finished_result(config: TrainConfig) -> TrainResult | None:
     """The run's result when its directory holds this very run, finished (and dev-scored, with a selection split)."""
     output = Path(config.output)

@@ -123,10 +123,10 @@ class StudyFolder:
 
 
 def comparable(form: dict[str, Any]) -> dict[str, Any]:
-    """A study config less what a rerun may change: paths as typed, and the number of seeds, overall or per setting
-    (more seeds extend a study: its finished points keep their keys and records). The `--select-examples` flag as typed is left out
-    too: its effect is the budget's `select_examples` (0 and a study saved before the flag existed are both
-    "choose on dev": None there)."""
+    """A study config less what a rerun may change: paths as typed, and the number of seeds, overall or per
+    setting (more seeds extend a study: its finished points keep their keys and records). The
+    `--select-examples` flag as typed is left out too: its effect is the budget's `select_examples` (0 and a
+    study saved before the flag existed are both "choose on dev": None there)."""
     out = {k: v for k, v in form.items() if k not in (GIVEN, "seeds", "seeds_for", "select_examples")}
     if isinstance(out.get("budget"), dict):
         out["budget"] = {k: v for k, v in out["budget"].items() if k != "seeds"}

@@ -9,9 +9,9 @@ run directory's checkpoint.
 Scale-out: `--shard K/N` runs only every N-th training point (from the K-th), so N machines or
 array jobs share one output folder; with `--steal` a shard then goes on to the others' points that
 no process holds the lock of, so shards of unequal cost finish together. `--workers N` starts N
-such stealing shards as local processes with one torch thread each. Points that train nothing but read other points (the ensemble's vote, the
-neighbours' controls) are left to the last call without `--shard`, which runs whatever is left
-and writes results.jsonl, the table and the plot.
+such stealing shards as local processes with one torch thread each. Points that train nothing but
+read other points (the ensemble's vote, the neighbours' controls) are left to the last call without
+`--shard`, which runs whatever is left and writes results.jsonl, the table and the plot.
 """
 
 from __future__ import annotations

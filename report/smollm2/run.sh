@@ -4,9 +4,10 @@
 # so rerunning this script continues where it stopped. Hours of CPU: run it niced, in the background.
 #
 # Two shard chains (one core each) walk the whole queue, so neither core waits at a study's boundary
-# for the other's last point; --steal: a chain done with its share takes the other's points not yet begun. The chain that finishes a study last runs its final pass (no --shard):
-# the points that train nothing (the ensemble's vote, the neighbours' controls, prompt design) and the
-# study's tables and plots, while the other chain goes on to the next study.
+# for the other's last point; with --steal, a chain done with its share takes the other's points not yet
+# begun. The chain that finishes a study last runs its final pass (no --shard): the points that train
+# nothing (the ensemble's vote, the neighbours' controls, prompt design) and the study's tables and
+# plots, while the other chain goes on to the next study.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=1

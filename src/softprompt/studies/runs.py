@@ -61,7 +61,7 @@ def cached_output(root: Path, config: TrainConfig) -> Path:
 @contextmanager
 def point_lock(output: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive lock on OUTPUT.lock while the run is trained or read (flock: released if the process dies)."""
-    path = Path(f"{output}.lock")
+    path = lock_path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+b") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -71,9 +71,14 @@ def point_lock(output: str | os.PathLike) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def lock_path(output: str | os.PathLike) -> Path:
+    """OUTPUT.lock, beside the run directory (not in it, so a fresh run's directory is created under the lock)."""
+    return Path(f"{output}.lock")
+
+
 def point_busy(output: str | os.PathLike) -> bool:
     """Whether another process holds OUTPUT.lock now (training or reading that run); takes no lock itself."""
-    path = Path(f"{output}.lock")
+    path = lock_path(output)
     if not path.exists():
         return False
     with open(path, "a+b") as handle:

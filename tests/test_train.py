@@ -188,6 +188,22 @@ def test_compiled_backbone_trains_like_eager(saved_backbone, tmp_path, data_dir)
     assert all(torch.allclose(prompts[False][k], prompts[True][k], atol=1e-3) for k in prompts[False])
 
 
+def test_a_resumed_run_counts_the_time_its_earlier_calls_spent(saved_backbone, tmp_path, data_dir):
+    """The checkpoint keeps the run's elapsed time: after a resume the log's clock goes on from it, and the result's
+    `seconds` is the whole run's, not only the last call's (a study sums them into its wall time)."""
+    config = tiny_config(saved_backbone, tmp_path / "run", data_dir=str(data_dir), max_steps=4, eval_every=2, log_every=1)
+    train(replace(config, max_steps=2), progress=False)
+    before = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["seconds"]
+    assert before > 0
+    resumed = train(config, resume=True, progress=False)
+    clock = [(r["step"], r["seconds"]) for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+             if "seconds" in r]
+    assert [step for step, _ in clock] == [1, 2, 3, 4]
+    assert all(a <= b for (_, a), (_, b) in zip(clock, clock[1:])), clock
+    assert clock[2][1] >= before and resumed.seconds >= clock[-1][1]
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["seconds"] >= before
+
+
 def test_resuming_a_finished_run_changes_nothing(saved_backbone, tmp_path, data_dir):
     """Defect 12: no second evaluation, no new log lines, the same result."""
     config = tiny_config(saved_backbone, tmp_path / "run", data_dir=str(data_dir), max_steps=4, eval_every=2)

@@ -191,10 +191,13 @@ class Stopper:
 
     Its progress bar counts steps toward the end the run will actually reach: under a time limit
     the total is re-estimated from the speed so far, so the bar ends where the run ends.
+    `before` is the time earlier calls of a resumed run spent: `elapsed` counts it, so a resumed
+    run's log and result give the run's whole time; `max_minutes` limits this call only.
     """
 
-    def __init__(self, max_steps: int, max_minutes: float | None, step: int, desc: str, progress: bool = True):
-        self.max_steps, self.first_step = max_steps, step
+    def __init__(self, max_steps: int, max_minutes: float | None, step: int, desc: str, progress: bool = True,
+                 before: float = 0.0):
+        self.max_steps, self.first_step, self.before = max_steps, step, before
         self.started = time.monotonic()
         self.deadline = self.started + 60 * max_minutes if max_minutes else None
         self.bar = tqdm(total=max_steps, initial=step, desc=desc, disable=not progress, dynamic_ncols=True)
@@ -216,4 +219,5 @@ class Stopper:
         self.bar.close()
 
     def elapsed(self) -> float:
-        return time.monotonic() - self.started
+        """Seconds since the run began, the calls before a resume included."""
+        return self.before + time.monotonic() - self.started

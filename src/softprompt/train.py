@@ -116,7 +116,8 @@ class Loop:
                                micro_batch_size=config.micro_batch_size, device=self.model.device)
         self.module = self.trainer.wrap(self.model) if config.tune == "model" else self.model
         seed_rank(config.seed, world.rank)
-        self.state = {"best_step": -1, "best_metrics": {}, "evaluated_at": -1, "final": None}
+        self.state = {"best_step": -1, "best_metrics": {}, "evaluated_at": -1, "final": None, "seconds": 0.0}
+        self.clock: Stopper | None = None  # set by train(); a checkpoint keeps its elapsed time for the resumed call
 
     @property
     def step_count(self) -> int:
@@ -148,6 +149,8 @@ class Loop:
 
     def state_dict(self) -> dict:
         average = self.average
+        if self.clock is not None:
+            self.state["seconds"] = self.clock.elapsed()
         return {"trainable": {k: v.detach().cpu() for k, v in self.model.named_parameters() if v.requires_grad},
                 "average": [t.cpu() for t in average.averages] if average is not None else None, **self.state}
 
@@ -251,7 +254,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     enable_tf32(loop.model.device)
     loop.model.train()
     trainer = loop.trainer
-    stopper = Stopper(config.max_steps, config.max_minutes, trainer.step_count, f"train {loop.name}", progress and world.writer)
+    stopper = Stopper(config.max_steps, config.max_minutes, trainer.step_count, f"train {loop.name}", progress and world.writer,
+                      before=loop.state["seconds"])
+    loop.clock = stopper
     trainer.fit(loop, stopper, config.log_every, config.eval_every, config.checkpoint_every, loop.postfix)
     stopper.close()
     changed = trainer.step_count != restored_step

@@ -190,7 +190,7 @@ def test_compiled_backbone_trains_like_eager(saved_backbone, tmp_path, data_dir)
 
 def test_a_resumed_run_counts_the_time_its_earlier_calls_spent(saved_backbone, tmp_path, data_dir):
     """The checkpoint keeps the run's elapsed time: after a resume the log's clock goes on from it, and the result's
-    `seconds` is the whole run's, not only the last call's (a study sums them into its wall time)."""
+    `seconds` is the whole run's, not only the last call's (a study's record keeps it as the point's training time)."""
     config = tiny_config(saved_backbone, tmp_path / "run", data_dir=str(data_dir), max_steps=4, eval_every=2, log_every=1)
     train(replace(config, max_steps=2), progress=False)
     before = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["seconds"]
